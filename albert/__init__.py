@@ -1,0 +1,1 @@
+"""ALBERT pretraining pieces for the DeDLOC reproduction: data pipeline and demo corpus."""

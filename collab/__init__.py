@@ -1,0 +1,11 @@
+"""Collaboration kit: what every track shares to train one model over a swarm of volunteer peers.
+
+- arguments: argument groups and the parser (defaults < JSON preset < flags)
+- peer: DHT construction, initial-peers line, swarm configuration fingerprint
+- optimizer: hivemind.Optimizer construction (compression, bandwidth hints, client/auxiliary modes)
+- metrics: signed per-peer metrics records in the DHT and their aggregation
+- training: the collaborative training loop
+- checkpoints: atomic checkpoints and the resume order
+- monitor: the coordinator's metrics/checkpoint loop (wandb + SQLite)
+- swarm: starting and stopping local swarms of peer processes (demo, tests)
+"""

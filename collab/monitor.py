@@ -1,0 +1,229 @@
+"""The coordinator's monitor: aggregates the peers' metrics records, logs them (wandb, SQLite), checkpoints the
+swarm's state and optionally uploads it to the Hugging Face Hub.
+
+The monitor never trains and never donates state: it downloads the newest state from trainers like a joining
+peer would, and saves it atomically in the same format as a trainer's own checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import hivemind
+import torch
+from hivemind.optim.state_averager import TrainingStateAverager
+
+from collab.checkpoints import save_checkpoint
+from collab.metrics import GlobalMetrics, LocalMetrics, aggregate, fetch_metrics
+from collab.optimizer import OptimizerFactory, SchedulerFactory, make_compression
+from collab.peer import declare_swarm_config
+from collab.store import MetricsStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MonitorArguments:
+    """What the coordinator records and where."""
+
+    monitor_output_dir: str = field(
+        default="outputs/coordinator",
+        metadata=dict(help="Folder for the metrics database (metrics.sqlite), checkpoints and wandb files."),
+    )
+    refresh_period: float = field(default=5.0, metadata=dict(help="Seconds between reads of the peers' metrics."))
+    save_checkpoint_step_interval: int = field(
+        default=50, metadata=dict(help="Download the swarm's state and save a checkpoint every this many steps "
+                                       "(0 disables checkpoints).")
+    )
+    keep_checkpoints: int = field(default=3, metadata=dict(help="How many newest coordinator checkpoints to keep."))
+    wandb_project: Optional[str] = field(
+        default=None, metadata=dict(help="Weights & Biases project; unset: the run_id.")
+    )
+    wandb_mode: str = field(
+        default="auto",
+        metadata=dict(help="auto (online with WANDB_API_KEY, else offline files), online, offline or disabled.",
+                      choices=("auto", "online", "offline", "disabled")),
+    )
+    push_to_hub: bool = field(default=False, metadata=dict(help="Upload every checkpoint to the Hugging Face Hub."))
+    hub_model_id: Optional[str] = field(default=None, metadata=dict(help="Hub repository, e.g. user/albert-dedloc."))
+    hub_token: Optional[str] = field(default=None, metadata=dict(help="Hub token (default: HF_TOKEN / login)."))
+
+    def __post_init__(self) -> None:
+        from collab.errors import UserError
+
+        if self.push_to_hub and not self.hub_model_id:
+            raise UserError("--push_to_hub needs --hub_model_id (e.g. your-name/albert-dedloc)")
+
+
+def peer_name(public_key: bytes) -> str:
+    """A short, stable, printable name for a peer's public key."""
+    return hashlib.sha256(public_key).hexdigest()[:12]
+
+
+class StepAggregator:
+    """Collects records per global step; a step is final once a newer step exists and no new record came for it.
+
+    Peers store only their latest record, so the monitor polls and remembers what it saw for each step.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[int, dict[str, LocalMetrics]] = {}
+        self.last_final_step = -1
+
+    def add(self, records: dict[str, LocalMetrics]) -> list[tuple[GlobalMetrics, dict[str, LocalMetrics]]]:
+        changed = set()
+        for peer, record in records.items():
+            if record.step > self.last_final_step and self.pending.get(record.step, {}).get(peer) != record:
+                self.pending.setdefault(record.step, {})[peer] = record
+                changed.add(record.step)
+        newest = max(self.pending, default=-1)
+        ready = [step for step in self.pending if step < newest and step not in changed]
+        return [item for step in sorted(ready) if (item := self._finalize(step)) is not None]
+
+    def flush(self) -> list[tuple[GlobalMetrics, dict[str, LocalMetrics]]]:
+        return [item for step in sorted(self.pending) if (item := self._finalize(step)) is not None]
+
+    def _finalize(self, step: int) -> Optional[tuple[GlobalMetrics, dict[str, LocalMetrics]]]:
+        peers = self.pending.pop(step)
+        self.last_final_step = max(self.last_final_step, step)
+        for older in [s for s in self.pending if s < step]:
+            self.pending.pop(older)
+        result = aggregate(step, list(peers.values()))
+        return None if result is None else (result, peers)
+
+
+class WandbLogger:
+    """wandb that can never stop the monitor: any failure is logged once and wandb is switched off."""
+
+    def __init__(self, project: str, config: dict, mode: str, directory: Path):
+        self.run = None
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(project=project, config=config, mode=mode, dir=str(directory))
+            logger.info(f"wandb logging in {mode} mode ({directory})")
+        except Exception as e:
+            logger.warning(f"wandb is unavailable, continuing without it: {e!r}")
+
+    def log(self, metrics: GlobalMetrics) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(dict(loss=metrics.loss, alive_peers=metrics.alive_peers, samples=metrics.samples,
+                              samples_per_second=metrics.samples_per_second), step=metrics.step)
+        except Exception as e:
+            logger.warning(f"wandb logging failed, switching it off: {e!r}")
+            self.run = None
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as e:
+                logger.warning(f"wandb did not finish cleanly: {e!r}")
+
+
+class SwarmCheckpointer:
+    """Downloads the newest training state from the trainers and saves it as a checkpoint."""
+
+    def __init__(self, dht: hivemind.DHT, run_id: str, model: torch.nn.Module, optimizer_factory: OptimizerFactory,
+                 scheduler_factory: Optional[SchedulerFactory], compression: str, root: Path, keep: int,
+                 arguments: dict, load_state_timeout: float):
+        self.model, self.root, self.keep, self.arguments = model, root, keep, arguments
+        self.load_state_timeout = load_state_timeout
+        self.state_averager = TrainingStateAverager(
+            dht=dht, optimizer=optimizer_factory, params=model.parameters(), scheduler=scheduler_factory,
+            prefix=f"{run_id}_state_averager", state_compression=make_compression(compression),
+            allow_state_sharing=False, start=True,
+        )
+
+    @property
+    def step(self) -> int:
+        return self.state_averager.local_epoch
+
+    def fetch_and_save(self) -> Optional[Path]:
+        before = self.step
+        self.state_averager.load_state_from_peers(timeout=self.load_state_timeout)
+        if self.step <= before:  # nothing new (or no trainer online yet)
+            logger.info("No newer state than the last checkpoint was available")
+            return None
+        state = self.state_averager.optimizer.state_dict()
+        state["state"]["local_epoch"] = self.step  # same layout as hivemind.Optimizer.state_dict()
+        folder = save_checkpoint(self.root, self.step, self.model, state, self.arguments, keep_last=self.keep)
+        logger.info(f"Saved the swarm's state at global step {self.step} to {folder}")
+        return folder
+
+    def shutdown(self) -> None:
+        self.state_averager.shutdown()
+
+
+def push_to_hub(folder: Path, repo_id: str, token: Optional[str], step: int) -> None:
+    """Upload a checkpoint folder; failures are logged, never fatal (the hub may be unreachable)."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=f"Step {step}")
+        logger.info(f"Uploaded step {step} to the Hugging Face Hub: {repo_id}")
+    except Exception as e:
+        logger.warning(f"Upload to the Hub failed, will retry with the next checkpoint: {e!r}")
+
+
+class Monitor:
+    def __init__(self, dht: hivemind.DHT, run_id: str, args: MonitorArguments, swarm_config: dict,
+                 store: MetricsStore, wandb_logger: WandbLogger, checkpointer: Optional[SwarmCheckpointer]):
+        self.dht, self.run_id, self.args, self.swarm_config = dht, run_id, args, swarm_config
+        self.store, self.wandb, self.checkpointer = store, wandb_logger, checkpointer
+        self.aggregator = StepAggregator()
+        self.last_checkpoint_step = 0
+
+    def poll(self) -> list[GlobalMetrics]:
+        """Read live records once; log and store every step that became final."""
+        declare_swarm_config(self.dht, self.run_id, self.swarm_config, expiration=10 * self.args.refresh_period + 60)
+        records = {peer_name(key): record for key, record in fetch_metrics(self.dht, self.run_id).items()}
+        return self._record(self.aggregator.add(records))
+
+    def _record(self, finished: list[tuple[GlobalMetrics, dict[str, LocalMetrics]]]) -> list[GlobalMetrics]:
+        for metrics, peers in finished:
+            logger.info(f"Global step {metrics.step}: loss {metrics.loss:.4f}, {metrics.alive_peers} peer(s), "
+                        f"{metrics.samples} samples, {metrics.samples_per_second:.1f} samples/s")
+            self.store.add_step(metrics, peers)
+            self.wandb.log(metrics)
+        return [metrics for metrics, _ in finished]
+
+    def maybe_checkpoint(self, newest_step: int) -> None:
+        interval = self.args.save_checkpoint_step_interval
+        if self.checkpointer is None or interval <= 0 or newest_step - self.last_checkpoint_step < interval:
+            return
+        folder = self.checkpointer.fetch_and_save()
+        if folder is None:
+            return
+        self.last_checkpoint_step = self.checkpointer.step
+        self.store.add_checkpoint(self.checkpointer.step, folder)
+        if self.args.push_to_hub:
+            push_to_hub(folder, self.args.hub_model_id, self.args.hub_token, self.checkpointer.step)
+
+    def run(self, stop: threading.Event) -> None:
+        newest_step = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            for metrics in self.poll():
+                newest_step = max(newest_step, metrics.step)
+            try:
+                self.maybe_checkpoint(newest_step)
+            except Exception as e:  # a failed download must not stop metrics collection
+                logger.warning(f"Checkpoint failed, will retry later: {e!r}")
+            stop.wait(max(0.0, self.args.refresh_period - (time.monotonic() - started)))
+        self._record(self.aggregator.flush())

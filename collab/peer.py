@@ -1,0 +1,120 @@
+"""Joining the swarm: the DHT node, the line other peers need to join, and the swarm's configuration check."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import hivemind
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.utils import get_dht_time
+from hivemind.utils.multiaddr import Multiaddr
+
+from collab.arguments import PeerArguments
+from collab.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+INITIAL_PEERS_EXAMPLE = "/ip4/A.B.C.D/tcp/PORT/p2p/PEER_ID"
+
+
+def validate_initial_peers(maddrs: Sequence[str]) -> list[str]:
+    """Check that every --initial_peers entry is a full multiaddr that names a peer ID."""
+    for maddr in maddrs:
+        try:
+            protocols = {proto.name for proto in Multiaddr(maddr).protocols()}
+        except Exception:
+            raise UserError(
+                f"--initial_peers {maddr!r} is not a multiaddr; expected {INITIAL_PEERS_EXAMPLE} "
+                f"(copy the line the coordinator prints)"
+            ) from None
+        if "p2p" not in protocols:
+            raise UserError(f"--initial_peers {maddr!r} lacks the peer ID; expected {INITIAL_PEERS_EXAMPLE}")
+    return list(maddrs)
+
+
+def create_dht(
+    args: PeerArguments, record_validators: Iterable[RecordValidatorBase] = (), **kwargs
+) -> hivemind.DHT:
+    """Start this peer's DHT node; unreachable initial peers become a one-line UserError."""
+    initial_peers = validate_initial_peers(args.initial_peers)
+    try:
+        return hivemind.DHT(
+            start=True,
+            initial_peers=initial_peers,
+            client_mode=args.client_mode,
+            host_maddrs=args.host_maddrs,
+            announce_maddrs=args.announce_maddrs or None,
+            identity_path=args.identity_path,
+            use_ipfs=args.use_ipfs,
+            use_relay=args.use_relay,
+            use_auto_relay=args.use_auto_relay,
+            startup_timeout=args.startup_timeout,
+            record_validators=record_validators,
+            **kwargs,
+        )
+    except Exception as e:
+        message = str(e)
+        if "bootstrap" in message or "none of the initial_peers" in message:
+            raise UserError(
+                f"could not reach any of --initial_peers {' '.join(initial_peers)}: check that the coordinator is "
+                f"running, the address and port are right and not firewalled"
+            ) from None
+        if "Daemon failed to start" in message:
+            raise UserError(f"the libp2p daemon did not start ({message}); try a larger --startup_timeout") from None
+        raise
+
+
+def visible_maddrs(dht: hivemind.DHT) -> list[str]:
+    """Addresses others can use to join, non-loopback first."""
+    maddrs = [str(maddr) for maddr in dht.get_visible_maddrs()]
+    return sorted(maddrs, key=lambda maddr: ("/127.0.0.1/" in maddr or "/::1/" in maddr, maddr))
+
+
+def announce_initial_peers(dht: hivemind.DHT, save_to: Optional[Path] = None) -> str:
+    """Log (and optionally save) the exact `--initial_peers ...` argument other peers should pass."""
+    line = "--initial_peers " + " ".join(visible_maddrs(dht))
+    logger.info(f"To join this swarm, start other peers with: {line}")
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save_to.with_suffix(".tmp")
+        tmp.write_text(line + "\n")
+        tmp.replace(save_to)
+    return line
+
+
+def config_key(run_id: str) -> str:
+    return f"{run_id}_config"
+
+
+def fingerprint(config: dict) -> str:
+    """Short stable hash of the settings every peer of a run must share."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_swarm_config(dht: hivemind.DHT, run_id: str, config: dict) -> None:
+    """Refuse to join when live peers of this run declared different shared settings (model shape, batch, ...)."""
+    found = dht.get(config_key(run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return
+    mine = fingerprint(config)
+    for other_hash, record in found.value.items():
+        other = record.value
+        if other_hash == mine or not isinstance(other, dict):
+            continue
+        differences = sorted(key for key in set(config) | set(other) if config.get(key) != other.get(key))
+        details = ", ".join(f"{key}: swarm={other.get(key)!r} here={config.get(key)!r}" for key in differences[:4])
+        raise UserError(
+            f"this peer's settings differ from the swarm of --run_id {run_id} ({details}); "
+            f"use the same model and optimizer settings as the other peers, or another --run_id"
+        )
+
+
+def declare_swarm_config(dht: hivemind.DHT, run_id: str, config: dict, expiration: float) -> None:
+    """Publish the shared settings so that a mismatching newcomer is refused (see check_swarm_config)."""
+    dht.store(
+        config_key(run_id), subkey=fingerprint(config), value=config,
+        expiration_time=get_dht_time() + expiration, return_future=True,
+    )

@@ -1,0 +1,302 @@
+"""The collaborative training loop, shared by every track.
+
+A track supplies a `TrainingTask` (model, dataset, collate function, optimizer and scheduler factories, the
+settings every peer must share); `run_collaborative_training` does the rest in a fixed order: join the DHT,
+check the swarm's settings, resume (explicit checkpoint, newest local checkpoint, state from peers, scratch),
+train until the global step reaches --max_steps, and shut everything down.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import hivemind
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from collab.arguments import (
+    AveragerArguments,
+    CollaborationArguments,
+    PeerArguments,
+    ProgressTrackerArguments,
+    TrainingArguments,
+    to_dict,
+)
+from collab.checkpoints import latest_valid_checkpoint, load_optimizer_state, save_checkpoint, verify_checkpoint
+from collab.errors import UserError
+from collab.metrics import LocalMetrics, make_validators, publish_metrics
+from collab.optimizer import OptimizerFactory, SchedulerFactory, create_optimizer
+from collab.peer import check_swarm_config, create_dht, declare_swarm_config
+
+logger = logging.getLogger(__name__)
+
+LossFunction = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+def model_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Default loss: Hugging Face models return it when the batch carries labels."""
+    return model(**batch).loss
+
+
+@dataclass
+class TrainingTask:
+    """Everything a track contributes: the rest of the collaboration is the same for every track."""
+
+    model: torch.nn.Module
+    dataset: torch.utils.data.Dataset
+    collate_fn: Optional[Callable]
+    optimizer_factory: OptimizerFactory
+    scheduler_factory: Optional[SchedulerFactory]
+    swarm_config: dict  # settings every peer of the run must share (model shape, batch, optimizer)
+    compute_loss: LossFunction = model_loss
+    params: Optional[list] = None  # parameter groups for the optimizer (default: all model parameters)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def peer_seed(seed: int, public_key: bytes) -> int:
+    """A data-order seed unique to this peer, so that peers do not all see the same samples in the same order."""
+    return int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + public_key).digest()[:8], "little")
+
+
+def infinite_batches(
+    dataset: torch.utils.data.Dataset, batch_size: int, collate_fn: Optional[Callable], seed: int, num_workers: int = 0
+) -> Iterator[dict]:
+    """Reshuffle and go over the dataset again and again (a collaboration has no notion of local epochs)."""
+    if len(dataset) < batch_size:
+        raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate_fn,
+        generator=generator, num_workers=num_workers,
+    )
+    while True:
+        yield from loader
+
+
+class MetricsReporter:
+    """Publishes this peer's signed metrics record (and the swarm settings) once per global step."""
+
+    def __init__(self, dht: hivemind.DHT, run_id: str, public_key: bytes, swarm_config: dict,
+                 expiration: float, log_path: Optional[Path] = None):
+        self.dht, self.run_id, self.public_key = dht, run_id, public_key
+        self.swarm_config, self.expiration, self.log_path = swarm_config, expiration, log_path
+
+    def report(self, metrics: LocalMetrics) -> None:
+        publish_metrics(self.dht, self.run_id, self.public_key, metrics, self.expiration)
+        declare_swarm_config(self.dht, self.run_id, self.swarm_config, self.expiration)
+        if self.log_path is not None:  # the peer's own record of what it contributed
+            with open(self.log_path, "a") as log:
+                log.write(json.dumps(dict(metrics.dict(), time=time.time())) + "\n")
+
+
+class CollaborativeTrainer:
+    """Local forward/backward passes; hivemind.Optimizer decides when the swarm takes a global step."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: hivemind.Optimizer,
+        batches: Iterator[dict],
+        args: TrainingArguments,
+        device: torch.device,
+        reporter: Optional[MetricsReporter] = None,
+        compute_loss: LossFunction = model_loss,
+        save_arguments: Optional[dict] = None,
+    ):
+        self.model, self.opt, self.batches, self.args, self.device = model, optimizer, batches, args, device
+        self.reporter, self.compute_loss, self.save_arguments = reporter, compute_loss, save_arguments or {}
+        self.use_amp = args.fp16 and device.type == "cuda"
+        self.grad_scaler = hivemind.GradScaler() if self.use_amp else None
+        self.local_steps = 0
+        self.reported_epoch = optimizer.local_epoch
+        self._reset_contribution()
+
+    def _reset_contribution(self) -> None:
+        self.loss_sum, self.mini_steps, self.samples = 0.0, 0, 0
+
+    def local_step(self) -> Optional[float]:
+        """One optimizer.step() worth of samples (with local gradient accumulation); returns the mean loss."""
+        self.model.train()
+        accumulation = self.args.gradient_accumulation_steps
+        losses = []
+        for _ in range(accumulation):
+            batch = {key: value.to(self.device) for key, value in next(self.batches).items()}
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+            with autocast:
+                loss = self.compute_loss(self.model, batch)
+            if not torch.isfinite(loss):  # never let a bad batch poison the accumulated gradients
+                logger.warning(f"Non-finite loss ({loss.item()}) on a local batch: skipping it")
+                continue
+            scaled = loss / accumulation
+            (self.grad_scaler.scale(scaled) if self.grad_scaler else scaled).backward()
+            losses.append(loss.item())
+        if not losses:
+            return None
+        batch_size = self.args.per_device_train_batch_size * len(losses)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.opt, batch_size=batch_size)  # calls opt.step(..., grad_scaler=...)
+            self.grad_scaler.update()
+        else:
+            self.opt.step(batch_size=batch_size)
+        self.local_steps += 1
+        self.loss_sum += sum(losses) / len(losses)
+        self.mini_steps += 1
+        self.samples += batch_size
+        return sum(losses) / len(losses)
+
+    def train(self) -> None:
+        args = self.args
+        logger.info(
+            f"Batch: {args.per_device_train_batch_size} per pass x {args.gradient_accumulation_steps} accumulation "
+            f"= {args.local_batch_size} samples per local step; the swarm steps every "
+            f"{self.opt.target_batch_size} samples; training until global step {args.max_steps}"
+        )
+        with tqdm(total=args.max_steps, initial=self.opt.local_epoch, unit="step", desc="global step",
+                  disable=None, file=sys.stderr) as progress:
+            while self.opt.local_epoch < args.max_steps:
+                loss = self.local_step()
+                if loss is not None and self.local_steps % args.logging_steps == 0:
+                    logger.info(f"Local step {self.local_steps}: loss {loss:.4f}, global step {self.opt.local_epoch}, "
+                                f"{self.opt.tracker.global_progress.samples_accumulated}/{self.opt.target_batch_size} "
+                                f"samples of the next step")
+                if self.opt.local_epoch != self.reported_epoch:
+                    progress.update(self.opt.local_epoch - progress.n)
+                    self.on_global_step()
+
+    def on_global_step(self) -> None:
+        """Report what this peer contributed to the step just taken, and checkpoint when it is time."""
+        step = self.opt.local_epoch
+        group_size = self.opt.grad_averager.pop_latest_group_size() if self.opt.grad_averager else 1
+        metrics = LocalMetrics(
+            step=step,
+            samples_per_second=float(self.opt.tracker.performance_ema.samples_per_second),
+            samples_accumulated=self.samples,
+            loss=float(self.loss_sum),
+            mini_steps=self.mini_steps,
+            group_size=group_size,
+        )
+        mean_loss = self.loss_sum / max(self.mini_steps, 1)
+        logger.info(f"Global step {step}: local loss {mean_loss:.4f} over {self.samples} samples, averaged with "
+                    f"{group_size} peer(s), lr {self.opt.param_groups[0]['lr']:.3g}, "
+                    f"{metrics.samples_per_second:.1f} samples/s")
+        if self.reporter is not None:
+            self.reporter.report(metrics)
+        self._reset_contribution()
+        self.reported_epoch = step
+        if self.args.save_steps > 0 and (step % self.args.save_steps == 0 or step >= self.args.max_steps):
+            self.save()
+
+    def save(self) -> Path:
+        folder = save_checkpoint(
+            Path(self.args.output_dir) / "checkpoints", self.opt.local_epoch, _unwrap(self.model),
+            self.opt.state_dict(), self.save_arguments, keep_last=self.args.save_total_limit,
+        )
+        logger.info(f"Saved checkpoint {folder}")
+        return folder
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def find_resume_checkpoint(args: TrainingArguments) -> Optional[Path]:
+    """Resume order, step 1-2: an explicit --resume_from_checkpoint, else the newest valid local checkpoint."""
+    if args.resume_from_checkpoint:
+        folder = Path(args.resume_from_checkpoint)
+        if not folder.is_dir():
+            raise UserError(f"--resume_from_checkpoint {folder}: no such folder")
+        try:
+            verify_checkpoint(folder)
+        except Exception as e:
+            raise UserError(f"--resume_from_checkpoint: {e}") from None
+        return folder
+    return latest_valid_checkpoint(Path(args.output_dir) / "checkpoints")
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {folder} does not fit this model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}): use the same model preset it was trained with")
+
+
+def run_collaborative_training(
+    task: TrainingTask,
+    peer: PeerArguments,
+    collab: CollaborationArguments,
+    averager: AveragerArguments,
+    tracker: ProgressTrackerArguments,
+    args: TrainingArguments,
+) -> None:
+    """Join the swarm, resume, train to --max_steps, shut down. The same for every track."""
+    all_arguments = to_dict(peer, collab, averager, tracker, args)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "arguments.json").write_text(json.dumps(all_arguments, indent=2, sort_keys=True))
+    device = resolve_device(args.device)
+    if args.fp16 and device.type != "cuda":
+        logger.warning("--fp16 needs CUDA: training in fp32 on the CPU")
+
+    validators, public_key = make_validators(peer.run_id)
+    dht = create_dht(peer, record_validators=validators)
+    optimizer = None
+    try:
+        check_swarm_config(dht, peer.run_id, task.swarm_config)
+        resume_from = find_resume_checkpoint(args)
+        if resume_from is not None:
+            logger.info(f"Resuming from local checkpoint {resume_from}")
+            load_model_weights(task.model, resume_from)
+        task.model.to(device)
+        optimizer = create_optimizer(
+            dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker,
+            params=task.params or task.model.parameters(), optimizer_factory=task.optimizer_factory,
+            scheduler_factory=task.scheduler_factory, batch_size_per_step=args.local_batch_size,
+        )
+        if resume_from is not None:
+            optimizer.load_state_dict(load_optimizer_state(resume_from))
+            optimizer.state_averager._update_scheduler()  # hivemind keeps the schedule in step with the epoch
+        logger.info(f"Looking for peers to download the latest training state from (local step "
+                    f"{optimizer.local_epoch})")
+        optimizer.load_state_from_peers()
+        logger.info(f"Starting at global step {optimizer.local_epoch}")
+
+        reporter = MetricsReporter(dht, peer.run_id, public_key, task.swarm_config, args.statistics_expiration,
+                                   log_path=output_dir / "published_metrics.jsonl")
+        batches = infinite_batches(task.dataset, args.per_device_train_batch_size, task.collate_fn,
+                                   seed=peer_seed(args.seed, public_key), num_workers=args.dataloader_num_workers)
+        trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter,
+                                       task.compute_loss, save_arguments=all_arguments)
+        trainer.train()
+        logger.info(f"Reached global step {optimizer.local_epoch}: done")
+    finally:
+        if optimizer is not None:
+            optimizer.shutdown()
+        dht.shutdown()

@@ -1,0 +1,37 @@
+from collab.metrics import LocalMetrics, aggregate
+from collab.monitor import StepAggregator
+from collab.store import MetricsStore, read_store
+
+
+def record(step, loss, mini_steps, samples=8, sps=10.0, group=2):
+    return LocalMetrics(step=step, samples_per_second=sps, samples_accumulated=samples, loss=loss,
+                        mini_steps=mini_steps, group_size=group)
+
+
+def test_aggregate_is_loss_sum_over_mini_steps():
+    result = aggregate(3, [record(3, 6.0, 2), record(3, 3.0, 4), record(2, 100.0, 1)])
+    assert result.loss == 9.0 / 6 and result.alive_peers == 2 and result.samples == 16
+    assert result.samples_per_second == 20.0 and aggregate(4, [record(3, 1.0, 1)]) is None
+
+
+def test_step_is_final_once_a_newer_step_appears_and_stops_changing():
+    aggregator = StepAggregator()
+    assert aggregator.add({"a": record(1, 2.0, 1)}) == []
+    assert aggregator.add({"a": record(1, 2.0, 1), "b": record(1, 4.0, 1)}) == []
+    # "a" moved on; step 1 got no new record in this poll -> final, with both peers
+    finished = aggregator.add({"a": record(2, 1.0, 1), "b": record(1, 4.0, 1)})
+    assert [(m.step, m.alive_peers, m.loss) for m, _ in finished] == [(1, 2, 3.0)]
+    # a late record for an already final step is ignored
+    assert aggregator.add({"b": record(1, 9.0, 1)}) == []
+    assert [m.step for m, _ in aggregator.flush()] == [2]
+
+
+def test_store_roundtrip(tmp_path):
+    store = MetricsStore(tmp_path / "m.sqlite")
+    metrics = aggregate(1, [record(1, 2.0, 1)])
+    store.add_step(metrics, {"peer-a": record(1, 2.0, 1)})
+    store.add_checkpoint(1, tmp_path / "step-1")
+    data = read_store(tmp_path / "m.sqlite")  # readable while the writer is open
+    assert data["global_steps"][0]["loss"] == 2.0 and data["peer_metrics"][0]["peer"] == "peer-a"
+    assert data["checkpoints"][0]["step"] == 1
+    store.close()

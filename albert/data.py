@@ -23,10 +23,13 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
 
 import datasets
+import pyarrow.compute
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import Unigram
 from transformers import AlbertTokenizer, AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from collab.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ _ABBREVIATIONS = {
     "e.g", "i.e", "al", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
 }
 _SENTENCE_END_RE = re.compile(r"(?<!@)[.!?]+[\"')\]]*\s+")
+_DETACHED_QUOTE_RE = re.compile(r"\"\s*")
 _INITIALS_RE = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")
 
 
@@ -64,9 +68,10 @@ def _is_article_title(lines: Sequence[str], index: int) -> bool:
     return before_blank and after_blank
 
 
-def _is_heading(line: str) -> bool:
+def _is_section_heading(line: str) -> bool:
+    """` = = Section = = ` and deeper; a lone title-like line inside an article is content (a formula)."""
     stripped = line.strip()
-    return stripped.startswith("= ") and stripped.endswith(" =")
+    return stripped.startswith("= = ") and stripped.endswith(" = =")
 
 
 def read_wikitext_articles(lines: Iterable[str]) -> list[list[str]]:
@@ -79,7 +84,7 @@ def read_wikitext_articles(lines: Iterable[str]) -> list[list[str]]:
             if current:
                 articles.append(current)
             current = []
-        elif not _is_blank(line) and not _is_heading(line):
+        elif not _is_blank(line) and not _is_section_heading(line):
             current.append(line.strip())
     if current:
         articles.append(current)
@@ -103,11 +108,28 @@ def split_sentences(paragraph: str) -> list[str]:
     """Split a paragraph into sentences with a regex, keeping abbreviations and initials intact."""
     sentences, start = [], 0
     for match in _SENTENCE_END_RE.finditer(paragraph):
-        if _ends_sentence(paragraph, match.start(), match.end()):
-            sentences.append(paragraph[start:match.end()].strip())
-            start = match.end()
+        if not _ends_sentence(paragraph, match.start(), match.end()):
+            continue
+        end = match.end()
+        # WikiText detaches closing quotes (' Go . " Then'): an odd quote count means this one closes the sentence.
+        quote = _DETACHED_QUOTE_RE.match(paragraph, end)
+        if quote and paragraph[start:end].count('"') % 2 == 1:
+            end = quote.end()
+        sentences.append(paragraph[start:end].strip())
+        start = end
     sentences.append(paragraph[start:].strip())
-    return [sentence for sentence in sentences if sentence]
+    return _attach_bare_punctuation([sentence for sentence in sentences if sentence])
+
+
+def _attach_bare_punctuation(sentences: list[str]) -> list[str]:
+    """Glue pieces without letters or digits (a paragraph's closing ' " ') to the sentence before them."""
+    merged: list[str] = []
+    for sentence in sentences:
+        if merged and not any(char.isalnum() for char in sentence):
+            merged[-1] = f"{merged[-1]} {sentence}"
+        else:
+            merged.append(sentence)
+    return merged
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -150,14 +172,15 @@ def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> AlbertToke
     return AlbertTokenizer(vocab=pieces)
 
 
-def _hub_offline_by_env() -> bool:
+def hub_offline_mode() -> bool:
+    """True when the user asked the Hugging Face libraries to stay offline."""
     return any(os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Quick TCP probe of the Hugging Face endpoint; hub clients retry for ~50 s before failing offline."""
-    if _hub_offline_by_env():
+    if hub_offline_mode():
         return False
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # only the proxy knows; let the real request decide
@@ -170,22 +193,18 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _load_pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """Load a local directory or hub tokenizer; without hub access, only the local cache is tried."""
-    local_only = not Path(name).is_dir() and not hub_reachable()
-    return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-
-
 def load_or_train_tokenizer(name: str | None, texts: Iterable[str],
                             vocab_size: int) -> tuple[PreTrainedTokenizerBase, str]:
-    """Return (tokenizer, description of where it came from): `name` if loadable, else one trained on `texts`."""
+    """Return (tokenizer, description of its source): `name` if loadable, else one trained on `texts`."""
     if name and name.lower() != "none":
+        # Without hub access only the local cache is tried: the hub client would retry for about a minute.
+        online = Path(name).is_dir() or hub_reachable()
         try:
-            return _load_pretrained_tokenizer(name), f"pretrained '{name}'"
+            return AutoTokenizer.from_pretrained(name, local_files_only=not online), f"pretrained '{name}'"
         except (OSError, ValueError) as error:
-            logger.warning("Could not load tokenizer '%s' (hub unreachable or not cached: %s); training a "
-                           "Unigram tokenizer with vocab_size=%d on the corpus instead",
-                           name, str(error).splitlines()[0], vocab_size)
+            reason = str(error).splitlines()[0] if online else "Hugging Face hub unreachable and not in the local cache"
+            logger.warning("Could not load tokenizer '%s' (%s); training a Unigram tokenizer (vocab_size=%d) on "
+                           "the corpus instead", name, reason, vocab_size)
     tokenizer = train_unigram_tokenizer(texts, vocab_size)
     return tokenizer, f"Unigram trained on the corpus ({len(tokenizer)} pieces)"
 
@@ -308,20 +327,57 @@ def build_pretraining_dataset(articles: list[list[str]], tokenizer: PreTrainedTo
                       desc="Creating SOP instances")
 
 
+class PretrainingDataNotFound(UserError, FileNotFoundError):
+    """No tokenized dataset at the given path. A UserError, so entry points print the one-line fix."""
+
+
+class PretrainingDataMismatch(UserError, ValueError):
+    """The tokenized dataset does not fit the model. A UserError, so entry points print the one-line fix."""
+
+
+def _rebuild_hint(path: Path) -> str:
+    return TOKENIZE_COMMAND.format(path=path) + " (add --builtin_corpus when offline)"
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved next to a tokenized dataset (in <path>/tokenizer)."""
+    path = Path(path)
+    tokenizer_dir = path / TOKENIZER_SUBDIR
+    if not tokenizer_dir.is_dir():
+        raise PretrainingDataNotFound(f"no tokenized dataset at {path} (missing {tokenizer_dir}); "
+                                      f"create it with: {_rebuild_hint(path)}")
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
 def load_pretraining_dataset(path: str | Path) -> tuple[datasets.Dataset, PreTrainedTokenizerBase]:
     """Load the dataset and tokenizer written by albert/tokenize_wikitext103.py."""
     path = Path(path)
-    hint = TOKENIZE_COMMAND.format(path=path) + " (add --builtin_corpus when offline)"
-    tokenizer_dir = path / TOKENIZER_SUBDIR
-    if not tokenizer_dir.is_dir():
-        raise FileNotFoundError(f"No tokenized dataset at {path} (missing {tokenizer_dir}); create it with: {hint}")
+    tokenizer = load_tokenizer(path)
     try:
         dataset = datasets.load_from_disk(str(path))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"No tokenized dataset at {path}; create it with: {hint}") from error
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(f"{path} holds a {type(dataset).__name__}, not a Dataset; recreate it with: {hint}")
-    return dataset, AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        raise PretrainingDataNotFound(f"no tokenized dataset at {path}; create it with: "
+                                      f"{_rebuild_hint(path)}") from error
+    missing = set(MODEL_INPUT_COLUMNS) - set(getattr(dataset, "column_names", []))
+    if not isinstance(dataset, datasets.Dataset) or missing:
+        raise PretrainingDataMismatch(f"{path} is not an ALBERT SOP dataset (missing columns {sorted(missing)}); "
+                                      f"recreate it with: {_rebuild_hint(path)} --overwrite_output_dir")
+    return dataset, tokenizer
+
+
+def max_sequence_length(dataset: datasets.Dataset) -> int:
+    """Longest input_ids in the underlying table, computed by Arrow without reading rows into Python."""
+    lengths = pyarrow.compute.list_value_length(dataset.data.column("input_ids"))
+    return int(pyarrow.compute.max(lengths).as_py() or 0)
+
+
+def check_sequence_length(dataset: datasets.Dataset, max_position_embeddings: int) -> None:
+    """Fail early, with the fix, when instances are longer than the model's position embeddings."""
+    longest = max_sequence_length(dataset)
+    if longest > max_position_embeddings:
+        raise PretrainingDataMismatch(
+            f"the dataset has sequences of {longest} tokens but the model accepts {max_position_embeddings}; "
+            f"rebuild it with --max_seq_length {max_position_embeddings}")
 
 
 # ---------------------------------------------------------------- batching
@@ -345,10 +401,22 @@ class SOPCollator:
                      "special_tokens_mask": ex["special_tokens_mask"]} for ex in examples]
         # The MLM collator pads (attention_mask included) and never masks where special_tokens_mask is 1.
         batch = self._mlm(features)
+        if "attention_mask" not in batch:  # tokenizers whose model_input_names omit it
+            batch["attention_mask"] = self._attention_mask(features, batch["input_ids"].shape[1])
         batch["sentence_order_label"] = torch.tensor([int(ex["sentence_order_label"]) for ex in examples],
                                                      dtype=torch.long)
         return {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids", "labels",
                                             "sentence_order_label")}
+
+    def _attention_mask(self, features: list[dict[str, Any]], padded_length: int) -> torch.Tensor:
+        mask = torch.zeros(len(features), padded_length, dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            if self.tokenizer.padding_side == "left":
+                mask[row, padded_length - length:] = 1
+            else:
+                mask[row, :length] = 1
+        return mask
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase, mlm_probability: float = 0.15,

@@ -196,28 +196,10 @@ def _town_history(w: _Writer, town: str, facts: dict[str, str]) -> list[str]:
     return events
 
 
-def _town_article(w: _Writer) -> Article:
-    town = w.place()
-    facts = {"river": w.word(), "capital": w.place(), "rival": w.place(), "founder": w.person(),
-             "industry": w.pick(_INDUSTRIES), "landmark": w.pick(_LANDMARKS)}
-    river, capital, rival, landmark = facts["river"], facts["capital"], facts["rival"], facts["landmark"]
-    architect = w.person()
-    intro = [
-        f"{town} is {_indefinite(w.pick(['small', 'market', 'historic', 'river', 'former mill']))} town in the "
-        f"{w.word()} region of {w.word()}, on the {w.pick(['left', 'right'])} bank of the River {river}.",
-        f"It lies {w.number(8, 90)} kilometres {w.pick(_DIRECTIONS)} of {capital}, the regional capital.",
-        f"At the last census the town had a population of {w.number(2000, 60000)}.",
-        f"{town} is best known for its {landmark} and for its {facts['industry']} industry.",
-    ]
+def _town_today(w: _Writer, town: str, facts: dict[str, str]) -> list[Section]:
+    """Present-day sections; they refer back to the founder, industry and landmark of the history."""
+    capital, rival, landmark, architect = facts["capital"], facts["rival"], facts["landmark"], w.person()
     employers = w.distinct(_EMPLOYERS, 2)
-    geography = [
-        f"{town} stands at an elevation of {w.number(20, 900)} metres above sea level.",
-        f"The {river} divides the town into an older northern quarter and a newer southern quarter.",
-        f"The two quarters are linked by {w.count(2, 6)} bridges, the oldest of which replaced the ford that "
-        f"the first settlers used.",
-        f"The climate is {w.pick(_CLIMATES)}, with an average {w.pick(_MONTHS)} temperature of "
-        f"{w.rng.randint(-5, 25)}.{w.rng.randint(0, 9)} degrees.",
-    ]
     economy = [
         f"Today the largest employers in {town} are {employers[0]} and {employers[1]}.",
         f"The {facts['industry']} industry, once the basis of the local economy, now employs fewer than "
@@ -228,7 +210,7 @@ def _town_article(w: _Writer) -> Article:
     transport = [
         f"{town} railway station lies on the line between {capital} and {rival}.",
         f"Trains to {capital} take about {w.rng.randint(15, 90)} minutes.",
-        f"The main road to {rival} follows the old trade route along the {river}.",
+        f"The main road to {rival} follows the old trade route along the {facts['river']}.",
     ]
     landmarks = [
         f"The most notable building in {town} is the {landmark}, designed by the architect {architect}.",
@@ -237,11 +219,33 @@ def _town_article(w: _Writer) -> Article:
         f"Each {w.pick(['spring', 'summer', 'autumn', 'winter'])}, the town holds a festival in honour of "
         f"{facts['founder']}, the legendary founder of the settlement.",
     ]
+    return [("Economy", economy), ("Transport", transport), ("Landmarks", landmarks)]
+
+
+def _town_article(w: _Writer) -> Article:
+    town = w.place()
+    facts = {"river": w.word(), "capital": w.place(), "rival": w.place(), "founder": w.person(),
+             "industry": w.pick(_INDUSTRIES), "landmark": w.pick(_LANDMARKS)}
+    river = facts["river"]
+    intro = [
+        f"{town} is {_indefinite(w.pick(['small', 'market', 'historic', 'river', 'former mill']))} town in the "
+        f"{w.word()} region of {w.word()}, on the {w.pick(['left', 'right'])} bank of the River {river}.",
+        f"It lies {w.number(8, 90)} kilometres {w.pick(_DIRECTIONS)} of {facts['capital']}, the regional capital.",
+        f"At the last census the town had a population of {w.number(2000, 60000)}.",
+        f"{town} is best known for its {facts['landmark']} and for its {facts['industry']} industry.",
+    ]
+    geography = [
+        f"{town} stands at an elevation of {w.number(20, 900)} metres above sea level.",
+        f"The {river} divides the town into an older northern quarter and a newer southern quarter.",
+        f"The two quarters are linked by {w.count(2, 6)} bridges, the oldest of which replaced the ford that "
+        f"the first settlers used.",
+        f"The climate is {w.pick(_CLIMATES)}, with an average {w.pick(_MONTHS)} temperature of "
+        f"{w.rng.randint(-5, 25)}.{w.rng.randint(0, 9)} degrees.",
+    ]
     people = [f"{w.person()} ( born {w.rng.randint(1850, 1995)} ), {w.pick(_OCCUPATIONS)}"
               for _ in range(w.rng.randint(2, 5))]
     return town, [("", intro), ("History", _town_history(w, town, facts)), ("Geography", geography),
-                  ("Economy", economy), ("Transport", transport), ("Landmarks", landmarks),
-                  ("Notable people", people)]
+                  *_town_today(w, town, facts), ("Notable people", people)]
 
 
 def _river_course(w: _Writer, river: str, facts: dict) -> list[str]:

@@ -48,11 +48,31 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
+class SwarmLamb(Lamb):
+    """LAMB whose state has the same layout on every peer, before and after any number of steps.
+
+    hivemind ships optimizer state between peers as a flat list of tensors and maps it back by position.
+    pytorch_optimizer's LAMB adds diagnostics (weight_norm, adam_norm, trust_ratio) to its state on the first
+    step, so a peer that has stepped and one that has not (a newcomer, the coordinator, an aux peer) disagree
+    on that layout, and a downloaded state lands in the wrong buffers. Dropping the diagnostics after every
+    step keeps the state to the two moment buffers created up front (initialize_state_).
+    """
+
+    DIAGNOSTICS = ("weight_norm", "adam_norm", "trust_ratio")
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for state in self.state.values():
+            for key in self.DIAGNOSTICS:
+                state.pop(key, None)
+        return loss
+
+
 def make_optimizer_factory(args: TrainingArguments):
     """LAMB (pytorch_optimizer) with clipping of the averaged gradient to --max_grad_norm inside step()."""
 
     def create(param_groups: Iterable) -> torch.optim.Optimizer:
-        optimizer = Lamb(
+        optimizer = SwarmLamb(
             param_groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
             weight_decay=args.weight_decay, weight_decouple=False, max_grad_norm=args.max_grad_norm,
             pre_norm=args.max_grad_norm > 0,

@@ -22,7 +22,7 @@ from collab.cli import run_main, setup_logging
 from collab.errors import UserError
 from collab.metrics import make_validators
 from collab.optimizer import create_optimizer
-from collab.peer import create_dht
+from collab.peer import create_dht, require_initial_peers
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     albert, peer, collab, averager, tracker, training = parse_arguments(ARGUMENT_GROUPS, argv, description=__doc__)
+    require_initial_peers(peer, "auxiliary peer")
     if peer.client_mode:
         raise UserError("an auxiliary peer must accept incoming connections: drop --client_mode")
     tokenizer = load_tokenizer(albert.dataset_path)

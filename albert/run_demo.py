@@ -58,7 +58,7 @@ def start_swarm(swarm: LocalSwarm, args: DemoArguments, output_dir: Path, data_d
     coordinator_dir = output_dir / "coordinator"
     coordinator = swarm.start("coordinator", "albert/run_first_peer.py", common + [
         "--monitor_output_dir", str(coordinator_dir), "--identity_path", str(output_dir / "coordinator.id"),
-        "--wandb_mode", "offline"])
+        "--wandb_mode", "offline", "--refresh_period", "1", "--save_checkpoint_step_interval", "5"])
     initial_peers = swarm.wait_for_file(coordinator_dir / "initial_peers.txt", 120, watch=[coordinator]).split()
     join = common + initial_peers
     if args.aux:

@@ -18,7 +18,14 @@ if __package__ in (None, ""):
 
 from albert.arguments import ARGUMENT_GROUPS
 from albert.data import load_tokenizer
-from albert.model import build_model, make_optimizer_factory, make_scheduler_factory, model_config, swarm_config
+from albert.model import (
+    build_model,
+    make_optimizer_factory,
+    make_scheduler_factory,
+    model_config,
+    parameter_groups,
+    swarm_config,
+)
 from collab.arguments import parse_arguments, to_dict
 from collab.cli import run_main, setup_logging
 from collab.metrics import make_validators
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                                    output_dir)
         if monitor_args.save_checkpoint_step_interval > 0:
             checkpointer = SwarmCheckpointer(
-                dht, peer.run_id, model, make_optimizer_factory(training), make_scheduler_factory(training),
+                dht, peer.run_id, model, parameter_groups(model, training.weight_decay), make_optimizer_factory(training), make_scheduler_factory(training),
                 collab.compression, output_dir / "checkpoints", monitor_args.keep_checkpoints, all_arguments,
                 collab.load_state_timeout,
             )

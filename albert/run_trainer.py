@@ -25,12 +25,14 @@ from albert.model import (
 )
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
+from collab.peer import require_initial_peers
 from collab.training import TrainingTask, run_collaborative_training, set_seed
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     albert, peer, collab, averager, tracker, training = parse_arguments(ARGUMENT_GROUPS, argv, description=__doc__)
+    require_initial_peers(peer, "trainer")
     set_seed(training.seed)  # same seed on every peer: identical initial weights before state is downloaded
     dataset, tokenizer = load_pretraining_dataset(albert.dataset_path)
     config = model_config(albert.model_preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)

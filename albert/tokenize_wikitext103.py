@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from albert.data import (TOKENIZER_SUBDIR, build_pretraining_dataset, hub_offline_mode, hub_reachable,
                          load_or_train_tokenizer, read_wikitext_articles)
 from albert.demo_corpus import generate_corpus
+from collab.cli import run_main, setup_logging
 
 logger = logging.getLogger(__name__)
 HUB_DATASET = ("wikitext", "wikitext-103-raw-v1")
@@ -136,7 +137,7 @@ def save_atomically(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBas
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     output_path = Path(args.output_path)
     check_output_path(output_path, args.overwrite_output_dir)
     lines, source = load_lines(args)
@@ -156,4 +157,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -137,13 +137,14 @@ class WandbLogger:
 class SwarmCheckpointer:
     """Downloads the newest training state from the trainers and saves it as a checkpoint."""
 
-    def __init__(self, dht: hivemind.DHT, run_id: str, model: torch.nn.Module, optimizer_factory: OptimizerFactory,
+    def __init__(self, dht: hivemind.DHT, run_id: str, model: torch.nn.Module, params: list,
+                 optimizer_factory: OptimizerFactory,
                  scheduler_factory: Optional[SchedulerFactory], compression: str, root: Path, keep: int,
                  arguments: dict, load_state_timeout: float):
         self.model, self.root, self.keep, self.arguments = model, root, keep, arguments
         self.load_state_timeout = load_state_timeout
         self.state_averager = TrainingStateAverager(
-            dht=dht, optimizer=optimizer_factory, params=model.parameters(), scheduler=scheduler_factory,
+            dht=dht, optimizer=optimizer_factory, params=params, scheduler=scheduler_factory,
             prefix=f"{run_id}_state_averager", state_compression=make_compression(compression),
             allow_state_sharing=False, start=True,
         )

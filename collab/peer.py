@@ -35,6 +35,13 @@ def validate_initial_peers(maddrs: Sequence[str]) -> list[str]:
     return list(maddrs)
 
 
+def require_initial_peers(args: PeerArguments, role: str) -> None:
+    """Trainers and aux peers join an existing swarm; only the coordinator starts one."""
+    if not args.initial_peers:
+        raise UserError(f"a {role} needs --initial_peers: start the coordinator (run_first_peer.py) first and pass "
+                        f"the --initial_peers line it prints")
+
+
 def create_dht(
     args: PeerArguments, record_validators: Iterable[RecordValidatorBase] = (), **kwargs
 ) -> hivemind.DHT:

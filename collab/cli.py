@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Callable
@@ -19,9 +20,25 @@ def setup_logging(level: int = logging.INFO) -> None:
     from hivemind.utils.logging import use_hivemind_log_handler
 
     use_hivemind_log_handler("in_root_logger")
-    logging.getLogger().setLevel(level)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:
+        handler.addFilter(_drop_shutdown_noise)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
+    """hivemind 1.1.12 logs these while its helper processes stop; they say nothing a user can act on.
+
+    - the DHT process fails to unpickle a request from an averager process that has already exited;
+    - asyncio reports tasks of a stopped event loop as destroyed while pending.
+    """
+    if record.name == "hivemind.dht.dht" and record.exc_info and isinstance(record.exc_info[1], FileNotFoundError):
+        return False
+    if record.name == "asyncio" and "Task was destroyed but it is pending" in record.getMessage():
+        return False
+    return True
 
 
 def run_main(main: Callable[[], None]) -> None:
@@ -30,6 +47,8 @@ def run_main(main: Callable[[], None]) -> None:
     SIGTERM is turned into KeyboardInterrupt so that `finally:` blocks shut peers down (a Python process killed
     without them leaves its libp2p daemon behind).
     """
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         main()
@@ -41,5 +60,12 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+_MAIN_PID = None
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked hivemind helper process inherited this handler: just terminate
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise KeyboardInterrupt

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Callable
 
 from collab.errors import UserError
@@ -24,6 +25,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for handler in root.handlers:
         handler.addFilter(_drop_shutdown_noise)
+    # hivemind fast-forwards the LR schedule to the global step after downloading state (and aux peers never
+    # step their optimizer); torch warns about the call order every time, which is expected here.
+    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

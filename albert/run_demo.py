@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collab.arguments import parse_arguments
+from collab.checkpoints import latest_valid_checkpoint
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
 from collab.store import read_store
@@ -97,7 +98,8 @@ def summarize(store_path: Path, output_dir: Path, num_trainers: int) -> str:
     for row in peers:
         per_peer.setdefault(row["peer"], []).append(row["samples_per_second"])
     shared_rounds = len({row["step"] for row in peers if row["group_size"] >= 2})
-    trainer_checkpoints = sorted(str(p) for p in output_dir.glob("trainer-*/checkpoints/step-*"))
+    trainer_checkpoints = [str(folder) for trainer in sorted(output_dir.glob("trainer-*"))
+                           if (folder := latest_valid_checkpoint(trainer / "checkpoints")) is not None]
     coordinator_checkpoints = data["checkpoints"]
     lines = [
         "",
@@ -110,7 +112,7 @@ def summarize(store_path: Path, output_dir: Path, num_trainers: int) -> str:
         f"  coordinator checkpoint: "
         + (f"{coordinator_checkpoints[-1]['path']} (step {coordinator_checkpoints[-1]['step']})"
            if coordinator_checkpoints else "none yet"),
-        f"  trainer checkpoints   : {', '.join(trainer_checkpoints[-num_trainers:]) or 'none'}",
+        f"  trainer checkpoints   : {', '.join(trainer_checkpoints) or 'none'}",
         f"  metrics database      : {store_path}",
         f"  logs                  : {output_dir / 'logs'}",
     ]

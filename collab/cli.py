@@ -12,8 +12,8 @@ from collab.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# Libraries that narrate routine events at INFO; their warnings still show.
-_QUIET_LOGGERS = ("filelock", "urllib3", "httpx", "datasets", "huggingface_hub", "wandb", "asyncio")
+# Libraries that narrate routine events at INFO (hivemind's matchmaking: several lines per round); warnings still show.
+_QUIET_LOGGERS = ("hivemind.averaging.matchmaking", "filelock", "urllib3", "httpx", "datasets", "huggingface_hub", "wandb", "asyncio")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

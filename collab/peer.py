@@ -119,9 +119,12 @@ def check_swarm_config(dht: hivemind.DHT, run_id: str, config: dict) -> None:
         )
 
 
-def declare_swarm_config(dht: hivemind.DHT, run_id: str, config: dict, expiration: float) -> None:
-    """Publish the shared settings so that a mismatching newcomer is refused (see check_swarm_config)."""
-    dht.store(
+def declare_swarm_config(dht: hivemind.DHT, run_id: str, config: dict, expiration: float):
+    """Publish the shared settings so that a mismatching newcomer is refused (see check_swarm_config).
+
+    Returns the store's future: callers go on without waiting; tests wait for it.
+    """
+    return dht.store(
         config_key(run_id), subkey=fingerprint(config), value=config,
         expiration_time=get_dht_time() + expiration, return_future=True,
     )

@@ -185,6 +185,14 @@ class CollaborativeTrainer:
                 if self.opt.local_epoch != self.reported_epoch:
                     progress.update(self.opt.local_epoch - progress.n)
                     self.on_global_step()
+        self.finish()
+
+    def finish(self) -> None:
+        """Take in the last parameter-averaging round (it runs in the background) before the final checkpoint,
+        so that peers that stop together also save the same parameters."""
+        self.opt.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
+        if self.args.save_steps > 0:
+            self.save()
 
     def on_global_step(self) -> None:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""
@@ -206,7 +214,7 @@ class CollaborativeTrainer:
             self.reporter.report(metrics)
         self._reset_contribution()
         self.reported_epoch = step
-        if self.args.save_steps > 0 and (step % self.args.save_steps == 0 or step >= self.args.max_steps):
+        if self.args.save_steps > 0 and step % self.args.save_steps == 0 and step < self.args.max_steps:
             self.save()
 
     def save(self) -> Path:

@@ -30,7 +30,7 @@ CONFIG = str(REPO_ROOT / "albert/configs/demo.json")
 def swarm_flags(dataset: Path) -> list[str]:
     # A global step of several seconds: peers that start late (imports on 2 busy cores) can still catch up.
     return ["--config", CONFIG, "--dataset_path", str(dataset), "--run_id", "swarm_test", "--compression", "none",
-            "--target_batch_size", TARGET_BATCH, "--max_steps", str(MAX_STEPS)]
+            "--target_batch_size", TARGET_BATCH, "--matchmaking_time", "4", "--max_steps", str(MAX_STEPS)]
 
 
 def run_bad_peer(args: list[str]) -> subprocess.CompletedProcess:
@@ -54,7 +54,7 @@ def swarm_run(tmp_path_factory, albert_dataset):
                     for i in (1, 2)]
         paper_era = ["--config", CONFIG, "--dataset_path", str(albert_dataset), "--experiment_prefix", "swarm_test",
                      *initial_peers, "--client_mode", "--target_batch_size", TARGET_BATCH, "--batch_size_lead", "0",
-                     "--bandwidth", "50", "--averaging_timeout", "20", "--matchmaking_time", "2",
+                     "--bandwidth", "50", "--averaging_timeout", "30", "--matchmaking_time", "4",
                      "--compression", "none", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps",
                      "2", "--learning_rate", "0.005", "--warmup_steps", "5", "--seed", "42", "--logging_steps", "10",
                      "--max_steps", str(MAX_STEPS), "--output_dir", str(root / "trainer-3")]

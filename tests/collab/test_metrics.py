@@ -49,7 +49,7 @@ def test_malformed_records_are_rejected(two_peers):
 def test_mismatched_settings_are_refused(two_peers):
     (dht_a, _), (dht_b, _) = two_peers
     swarm = dict(hidden_size=64, target_batch_size=256)
-    declare_swarm_config(dht_a, RUN, swarm, expiration=60)
+    assert declare_swarm_config(dht_a, RUN, swarm, expiration=60).result(timeout=30)
     check_swarm_config(dht_b, RUN, dict(swarm))  # same settings: fine
     with pytest.raises(UserError, match="hidden_size: swarm=64 here=128"):
         check_swarm_config(dht_b, RUN, dict(swarm, hidden_size=128))

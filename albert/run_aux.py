@@ -18,7 +18,7 @@ from albert.arguments import ARGUMENT_GROUPS
 from albert.data import load_tokenizer
 from albert.model import build_model, make_optimizer_factory, make_scheduler_factory, model_config, parameter_groups
 from collab.arguments import parse_arguments
-from collab.cli import run_main, setup_logging
+from collab.cli import check_stop, run_main, setup_logging
 from collab.errors import UserError
 from collab.metrics import make_validators
 from collab.optimizer import create_optimizer
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info(f"Auxiliary peer ready: helping averaging rounds until global step {training.max_steps}")
         last_epoch = optimizer.local_epoch
         while optimizer.local_epoch < training.max_steps:
+            check_stop()
             optimizer.step()  # joins the round when the swarm is ready; otherwise returns at once
             if optimizer.local_epoch != last_epoch:
                 last_epoch = optimizer.local_epoch

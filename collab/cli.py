@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -48,12 +49,14 @@ def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's main(): UserError becomes one line on stderr (exit 2); Ctrl-C exits 130 quietly.
 
-    SIGTERM is turned into KeyboardInterrupt so that `finally:` blocks shut peers down (a Python process killed
-    without them leaves its libp2p daemon behind).
+    SIGTERM and SIGINT raise KeyboardInterrupt so that `finally:` blocks shut peers down (a Python process killed
+    without them leaves its libp2p daemon behind). hivemind swallows exceptions inside some of its calls, so the
+    signal also sets `stop_requested`, which long loops check at safe points.
     """
     global _MAIN_PID
     _MAIN_PID = os.getpid()
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     try:
         main()
     except UserError as e:
@@ -65,11 +68,19 @@ def run_main(main: Callable[[], None]) -> None:
 
 
 _MAIN_PID = None
+stop_requested = threading.Event()
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    if os.getpid() != _MAIN_PID:  # a forked hivemind helper process inherited this handler: just terminate
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop signal arrived (call this from long-running loops)."""
+    if stop_requested.is_set():
+        raise KeyboardInterrupt
+
+
+def _request_stop(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked helper process inherited this handler: behave as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         return
+    stop_requested.set()
     raise KeyboardInterrupt

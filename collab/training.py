@@ -31,6 +31,7 @@ from collab.arguments import (
     TrainingArguments,
     to_dict,
 )
+from collab.cli import check_stop
 from collab.checkpoints import latest_valid_checkpoint, load_optimizer_state, save_checkpoint, verify_checkpoint
 from collab.errors import UserError
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
@@ -177,6 +178,7 @@ class CollaborativeTrainer:
         with tqdm(total=args.max_steps, initial=self.opt.local_epoch, unit="step", desc="global step",
                   disable=None, file=sys.stderr) as progress:
             while self.opt.local_epoch < args.max_steps:
+                check_stop()
                 loss = self.local_step()
                 if loss is not None and self.local_steps % args.logging_steps == 0:
                     logger.info(f"Local step {self.local_steps}: loss {loss:.4f}, global step {self.opt.local_epoch}, "

@@ -41,6 +41,7 @@ from collab.peer import check_swarm_config, create_dht, declare_swarm_config
 logger = logging.getLogger(__name__)
 
 LossFunction = Callable[[torch.nn.Module, dict], torch.Tensor]
+NONFINITE_BEFORE_RESYNC = 10  # consecutive non-finite losses that mean the parameters themselves are broken
 
 
 def model_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -132,6 +133,7 @@ class CollaborativeTrainer:
         self.use_amp = args.fp16 and device.type == "cuda"
         self.grad_scaler = hivemind.GradScaler() if self.use_amp else None
         self.local_steps = 0
+        self.nonfinite_total = self.nonfinite_in_a_row = 0
         self.reported_epoch = optimizer.local_epoch
         self._reset_contribution()
 
@@ -149,8 +151,9 @@ class CollaborativeTrainer:
             with autocast:
                 loss = self.compute_loss(self.model, batch)
             if not torch.isfinite(loss):  # never let a bad batch poison the accumulated gradients
-                logger.warning(f"Non-finite loss ({loss.item()}) on a local batch: skipping it")
+                self._on_nonfinite_loss(loss.item())
                 continue
+            self.nonfinite_in_a_row = 0
             scaled = loss / accumulation
             (self.grad_scaler.scale(scaled) if self.grad_scaler else scaled).backward()
             losses.append(loss.item())
@@ -167,6 +170,18 @@ class CollaborativeTrainer:
         self.mini_steps += 1
         self.samples += batch_size
         return sum(losses) / len(losses)
+
+    def _on_nonfinite_loss(self, value: float) -> None:
+        """Skip the batch; if it keeps happening, the local parameters are broken: re-sync from the swarm."""
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_total in (1, 10) or self.nonfinite_total % 100 == 0:  # a few readable lines, no flood
+            logger.warning(f"Non-finite loss ({value}) on a local batch: skipped it "
+                           f"({self.nonfinite_total} skipped so far)")
+        if self.nonfinite_in_a_row >= NONFINITE_BEFORE_RESYNC:
+            logger.warning(f"{self.nonfinite_in_a_row} non-finite losses in a row: downloading the swarm's state")
+            self.nonfinite_in_a_row = 0
+            self.opt.load_state_from_peers()
 
     def train(self) -> None:
         args = self.args

@@ -25,6 +25,7 @@ MAX_STEPS = 8
 NUM_TRAINERS = 3
 TARGET_BATCH = "768"
 CONFIG = str(REPO_ROOT / "albert/configs/demo.json")
+PRESET = json.loads(Path(CONFIG).read_text())
 
 
 def swarm_flags(dataset: Path) -> list[str]:
@@ -56,7 +57,8 @@ def swarm_run(tmp_path_factory, albert_dataset):
                      *initial_peers, "--client_mode", "--target_batch_size", TARGET_BATCH, "--batch_size_lead", "0",
                      "--bandwidth", "50", "--averaging_timeout", "30", "--matchmaking_time", "4",
                      "--compression", "none", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps",
-                     "2", "--learning_rate", "0.005", "--warmup_steps", "5", "--seed", "42", "--logging_steps", "10",
+                     "2", "--learning_rate", str(PRESET["learning_rate"]), "--warmup_steps",
+                     str(PRESET["warmup_steps"]), "--seed", "42", "--logging_steps", "10",
                      "--max_steps", str(MAX_STEPS), "--output_dir", str(root / "trainer-3")]
         trainers.append(swarm.start("trainer-3", "albert/run_trainer.py", paper_era))
 

@@ -17,15 +17,27 @@ logger = logging.getLogger(__name__)
 _QUIET_LOGGERS = ("hivemind.averaging.matchmaking", "filelock", "urllib3", "httpx", "datasets", "huggingface_hub", "wandb", "asyncio")
 
 
+def _routine_network_errors() -> tuple[type, ...]:
+    from hivemind.averaging.partition import AllreduceException
+    from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError
+
+    return AllreduceException, P2PDaemonError, P2PHandlerError, TimeoutError, ConnectionError
+
+
+_ROUTINE_NETWORK_ERRORS: tuple[type, ...] = ()
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Route all logs (ours and hivemind's) through hivemind's readable handler on the root logger."""
     from hivemind.utils.logging import use_hivemind_log_handler
 
+    global _ROUTINE_NETWORK_ERRORS
     use_hivemind_log_handler("in_root_logger")
+    _ROUTINE_NETWORK_ERRORS = _routine_network_errors()
     root = logging.getLogger()
     root.setLevel(level)
     for handler in root.handlers:
-        handler.addFilter(_drop_shutdown_noise)
+        handler.addFilter(_readable_hivemind_records)
     # hivemind fast-forwards the LR schedule to the global step after downloading state (and aux peers never
     # step their optimizer); torch warns about the call order every time, which is expected here.
     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
@@ -33,16 +45,22 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
-    """hivemind 1.1.12 logs these while its helper processes stop; they say nothing a user can act on.
+def _readable_hivemind_records(record: logging.LogRecord) -> bool:
+    """Keep logs readable: drop hivemind's shutdown noise, and shorten its recoverable network errors.
 
-    - the DHT process fails to unpickle a request from an averager process that has already exited;
-    - asyncio reports tasks of a stopped event loop as destroyed while pending.
+    Dropped (nothing a user can act on): the DHT process failing to unpickle a request from an averager process
+    that already exited, and asyncio reporting tasks of a stopped event loop. Shortened to one WARNING line
+    without a traceback: a peer that vanished (failed dial, failed download, no group found) is routine in a
+    swarm, and hivemind already retries or falls back; the message names the peer and the error.
     """
-    if record.name == "hivemind.dht.dht" and record.exc_info and isinstance(record.exc_info[1], FileNotFoundError):
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == "hivemind.dht.dht" and isinstance(error, FileNotFoundError):
         return False
     if record.name == "asyncio" and "Task was destroyed but it is pending" in record.getMessage():
         return False
+    if record.name.startswith("hivemind.") and isinstance(error, _ROUTINE_NETWORK_ERRORS):
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
     return True
 
 

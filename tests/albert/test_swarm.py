@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_STEPS = 8
 NUM_TRAINERS = 3
-TARGET_BATCH = "768"
+TARGET_BATCH = "1024"
 CONFIG = str(REPO_ROOT / "albert/configs/demo.json")
 PRESET = json.loads(Path(CONFIG).read_text())
 

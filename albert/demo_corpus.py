@@ -171,7 +171,7 @@ def _town_history(w: _Writer, town: str, facts: dict[str, str]) -> list[str]:
         events += [f"{t.step(10, 50)}, the town was besieged by the army of {lord} during a war over the "
                    f"river crossings.",
                    f"The siege lasted {_plural(w.count(2, 11), 'month')} and ended when {lord} ran out of supplies.",
-                   f"After the siege, the citizens built a wall around the market square."]
+                   "After the siege, the citizens built a wall around the market square."]
     if w.chance(0.5):
         events += [f"{t.step(10, 60)}, an outbreak of plague killed nearly a third of the inhabitants.",
                    "It took the town several decades to recover its former population."]
@@ -399,7 +399,7 @@ def _musician_career(w: _Writer, surname: str, t: _Timeline, facts: dict) -> lis
     ]
     if w.chance(0.5):
         events += [f"{t.step(1, 5)}, the members of {band} reunited for a single concert in {facts['home']}.",
-                   f"A recording of the reunion concert was released the following year."]
+                   "A recording of the reunion concert was released the following year."]
     events.append(f"Later, {she} returned to {facts['home']} and opened a music school there.")
     return events
 

@@ -109,7 +109,7 @@ def summarize(store_path: Path, output_dir: Path, num_trainers: int) -> str:
         f"  trainers              : {len(per_peer)} reported metrics (started {num_trainers})",
         *(f"  samples/s of {peer}  : {statistics.mean(values):.1f}" for peer, values in sorted(per_peer.items())),
         f"  steps averaged with >= 2 peers: {shared_rounds} of {len(steps)}",
-        f"  coordinator checkpoint: "
+        "  coordinator checkpoint: "
         + (f"{coordinator_checkpoints[-1]['path']} (step {coordinator_checkpoints[-1]['step']})"
            if coordinator_checkpoints else "none yet"),
         f"  trainer checkpoints   : {', '.join(trainer_checkpoints) or 'none'}",

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install system-tools clean
 
 install: $(STAMP)
 
@@ -22,8 +22,15 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 demo: $(STAMP)
 	$(PY) albert/run_demo.py $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The network lab (collab/netlab.py) needs iproute2 and iptables; as root, install them when missing
+# (without root the lab's tests are skipped with a reason).
+system-tools:
+	@if [ "$$(id -u)" = 0 ] && ! { command -v iptables && command -v ip && command -v tc; } >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; \
+	fi
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -8,4 +8,5 @@
 - checkpoints: atomic checkpoints and the resume order
 - monitor: the coordinator's metrics/checkpoint loop (wandb + SQLite)
 - swarm: starting and stopping local swarms of peer processes (demo, tests)
+- netlab: a small internet of network namespaces with NAT routers and bandwidth caps (root only)
 """

@@ -37,8 +37,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = "dlab-"
 _LOCK_PATH = Path("/run/collab-netlab.lock")  # serialises block allocation between labs (any process)
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
-_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+_PREFIX = re.compile(r"^[a-z]{1,15}-$")  # no digits: the pid that follows must parse unambiguously
 _TOOL_PACKAGES = {"ip": "iproute2", "iptables": "iptables", "tc": "iproute2"}
 _STOP_GRACE_S = 3.0
 
@@ -61,7 +60,7 @@ def require_root(euid: Optional[int] = None) -> None:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name, path=_SBIN_PATH)
+    path = shutil.which(name)
     if path is None:
         raise UserError(f"the network lab needs `{name}`, which is not installed: "
                         f"apt-get install -y {_TOOL_PACKAGES.get(name, name)}")
@@ -85,8 +84,8 @@ class NetworkLab:
     def __init__(self, name_prefix: Optional[str] = None):
         self.prefix = DEFAULT_PREFIX if name_prefix is None else name_prefix
         if not _PREFIX.match(self.prefix):
-            raise UserError(f"bad lab name prefix {self.prefix!r}: use lowercase letters, digits and '-', "
-                            f"at most 16 characters, e.g. {DEFAULT_PREFIX!r}")
+            raise UserError(f"bad lab name prefix {self.prefix!r}: use 1-15 lowercase letters and a final '-', "
+                            f"e.g. {DEFAULT_PREFIX!r}")
         self.base: Optional[str] = None  # the internet's namespace; every host's namespace starts with it
         self.block: Optional[int] = None  # the lab's addresses are 10.<block>.0.0/16
         self.hosts: dict[str, Host] = {}
@@ -164,6 +163,7 @@ class NetworkLab:
         if index > 254:
             raise UserError("a lab holds at most 254 routers")
         host = self._new_host(name, "router", self._public_address(), lan_prefix=f"10.{self.block}.{index}")
+        self._next_private[name] = 2
         ns = host.namespace
         self._plug(ns, "wan", self.base, "pub", host.address)
         _ip("-n", ns, "link", "add", "lan", "type", "bridge")
@@ -174,7 +174,6 @@ class NetworkLab:
         _ns_exec(ns, "iptables", "-A", "FORWARD", "-i", "wan", "-m", "conntrack", "--ctstate",
                  "ESTABLISHED,RELATED", "-j", "ACCEPT")
         _ns_exec(ns, "iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP")
-        self._next_private[name] = 2
         logger.info(f"Lab {self.base}: NAT router {name} at {host.address}, private {host.lan_prefix}.0/24")
         return host
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,8 @@ PORT = "5000"
 
 
 def _netns_works() -> bool:
-    return shutil.which("ip") is not None and subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+    return shutil.which("ip") is not None and subprocess.run(["ip", "netns", "list"],
+                                                             capture_output=True).returncode == 0
 
 
 needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not _netns_works(),
@@ -54,7 +54,8 @@ s.close()
 
 
 def _namespaces() -> set[str]:
-    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()) - {"(id:"}
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def _lab_namespaces(lab: NetworkLab) -> set[str]:
@@ -106,6 +107,8 @@ def test_refuses_without_root_or_tools():
     require_root(euid=0)
     with pytest.raises(UserError, match="apt-get install"):
         require_tool("no-such-tool-xyz")
+    with pytest.raises(UserError, match="bad lab name prefix"):
+        NetworkLab(name_prefix="lab1-")  # a digit would make the owner pid in names ambiguous
 
 
 @needs_netns
@@ -153,7 +156,8 @@ def test_two_labs_at_once_are_disjoint_and_both_work():
         assert _connect(lab1, "a", lab2.address("b"), timeout=2).returncode != 0  # labs cannot see each other
 
 
-ESCAPE = "import subprocess as s; print(s.Popen(['sleep', '300'], start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"
+ESCAPE = ("import subprocess as s; "
+          "print(s.Popen(['sleep', '300'], start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)")
 
 
 @needs_netns

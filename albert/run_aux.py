@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         logger.info(f"Auxiliary peer ready: helping averaging rounds until global step {training.max_steps}")
         last_epoch = optimizer.local_epoch
-        while optimizer.local_epoch < training.max_steps:
+        while max(optimizer.local_epoch, optimizer.tracker.global_epoch) < training.max_steps:
             check_stop()
             optimizer.step()  # joins the round when the swarm is ready; otherwise returns at once
             if optimizer.local_epoch != last_epoch:

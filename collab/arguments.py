@@ -148,6 +148,14 @@ class CollaborationArguments:
     average_state_every: int = field(
         default=1, metadata=_help("Average parameters and optimizer statistics every this many global steps.")
     )
+    average_opt_statistics: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Optimizer statistics to average along with the parameters, e.g. exp_avg exp_avg_sq for LAMB/Adam. "
+            "Costs bandwidth, but after a round that did not reach every peer it makes all peers' optimizer "
+            "states identical again (parameters alone converge, moments would not)."
+        ),
+    )
     offload_optimizer: bool = field(
         default=True, metadata=_help("Keep the optimizer and averaged gradients on CPU (saves accelerator memory).")
     )
@@ -206,6 +214,11 @@ class TrainingArguments:
         default=None, metadata=_help("Checkpoint folder to start from (default: newest one in --output_dir).")
     )
     dataloader_num_workers: int = field(default=0, metadata=_help("Worker processes that prepare batches."))
+    final_sync_timeout: float = field(
+        default=30.0,
+        metadata=_help("After --max_steps, keep serving the final state this many seconds to peers that are still "
+                       "finishing the last step."),
+    )
     statistics_expiration: float = field(
         default=600.0, metadata=_help("Seconds this peer's metrics record stays in the DHT after it stops.")
     )

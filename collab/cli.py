@@ -41,6 +41,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     # hivemind fast-forwards the LR schedule to the global step after downloading state (and aux peers never
     # step their optimizer); torch warns about the call order every time, which is expected here.
     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+    _hide_checkpoint_progress_bars()
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -62,6 +63,13 @@ def _readable_hivemind_records(record: logging.LogRecord) -> bool:
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
     return True
+
+
+def _hide_checkpoint_progress_bars() -> None:
+    """transformers draws a progress bar for every checkpoint written; in a peer's log it is noise."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -112,6 +112,7 @@ def create_optimizer(
         delay_optimizer_step=collab.delay_optimizer_step,
         delay_grad_averaging=collab.delay_grad_averaging,
         average_state_every=collab.average_state_every,
+        average_opt_statistics=tuple(collab.average_opt_statistics),
         client_mode=dht.client_mode,
         auxiliary=auxiliary,
         grad_compression=compression,

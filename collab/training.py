@@ -192,7 +192,7 @@ class CollaborativeTrainer:
         )
         with tqdm(total=args.max_steps, initial=self.opt.local_epoch, unit="step", desc="global step",
                   disable=None, file=sys.stderr) as progress:
-            while self.opt.local_epoch < args.max_steps:
+            while self.swarm_step() < args.max_steps:
                 check_stop()
                 loss = self.local_step()
                 if loss is not None and self.local_steps % args.logging_steps == 0:
@@ -204,12 +204,43 @@ class CollaborativeTrainer:
                     self.on_global_step()
         self.finish()
 
+    def swarm_step(self) -> int:
+        """The newest global step anyone in the swarm has reached (this peer may lag one step behind)."""
+        return max(self.opt.local_epoch, self.opt.tracker.global_epoch)
+
     def finish(self) -> None:
-        """Take in the last parameter-averaging round (it runs in the background) before the final checkpoint,
-        so that peers that stop together also save the same parameters."""
+        """End the run in step with the swarm: every peer that stops at --max_steps saves the same parameters.
+
+        Take in the last parameter-averaging round (it runs in the background); if the swarm finished a step
+        ahead of this peer, download its final state; save; then keep serving that state for a while to peers
+        that are still finishing the last step.
+        """
         self.opt.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
+        if self.opt.local_epoch < self.opt.tracker.global_epoch:
+            logger.info(f"The swarm reached global step {self.opt.tracker.global_epoch} first: downloading its state")
+            self.opt.load_state_from_peers()
         if self.args.save_steps > 0:
             self.save()
+        self.wait_for_peers_to_finish()
+
+    def wait_for_peers_to_finish(self) -> None:
+        deadline = time.monotonic() + self.args.final_sync_timeout
+        while time.monotonic() < deadline:
+            check_stop()
+            behind = [epoch for epoch in self._peer_epochs() if epoch < self.opt.local_epoch]
+            if not behind:
+                return
+            logger.info(f"Waiting for {len(behind)} peer(s) to finish the last step (they may download its state)")
+            time.sleep(2.0)
+        logger.info("Stopped waiting for peers to finish the last step")
+
+    def _peer_epochs(self) -> list[int]:
+        """Epochs in the live progress records of this run's trainers (hivemind.optim.ProgressTracker's)."""
+        found = self.opt.dht.get(self.opt.tracker.training_progress_key, latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return []
+        return [entry.value["epoch"] for entry in found.value.values()
+                if isinstance(entry.value, dict) and isinstance(entry.value.get("epoch"), int)]
 
     def on_global_step(self) -> None:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""

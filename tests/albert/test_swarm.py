@@ -31,7 +31,9 @@ PRESET = json.loads(Path(CONFIG).read_text())
 def swarm_flags(dataset: Path) -> list[str]:
     # A global step of several seconds: peers that start late (imports on 2 busy cores) can still catch up.
     return ["--config", CONFIG, "--dataset_path", str(dataset), "--run_id", "swarm_test", "--compression", "none",
-            "--target_batch_size", TARGET_BATCH, "--matchmaking_time", "4", "--max_steps", str(MAX_STEPS)]
+            "--target_batch_size", TARGET_BATCH, "--matchmaking_time", "4", "--max_steps", str(MAX_STEPS),
+            # a round that misses a peer (2 busy cores) must not leave optimizer states apart for good
+            "--average_opt_statistics", "exp_avg", "exp_avg_sq"]
 
 
 def run_bad_peer(args: list[str]) -> subprocess.CompletedProcess:
@@ -56,7 +58,8 @@ def swarm_run(tmp_path_factory, albert_dataset):
         paper_era = ["--config", CONFIG, "--dataset_path", str(albert_dataset), "--experiment_prefix", "swarm_test",
                      *initial_peers, "--client_mode", "--target_batch_size", TARGET_BATCH, "--batch_size_lead", "0",
                      "--bandwidth", "50", "--averaging_timeout", "30", "--matchmaking_time", "4",
-                     "--compression", "none", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps",
+                     "--compression", "none", "--average_opt_statistics", "exp_avg", "exp_avg_sq",
+                     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps",
                      "2", "--learning_rate", str(PRESET["learning_rate"]), "--warmup_steps",
                      str(PRESET["warmup_steps"]), "--seed", "42", "--logging_steps", "10",
                      "--max_steps", str(MAX_STEPS), "--output_dir", str(root / "trainer-3")]

@@ -215,9 +215,9 @@ class TrainingArguments:
     )
     dataloader_num_workers: int = field(default=0, metadata=_help("Worker processes that prepare batches."))
     final_sync_timeout: float = field(
-        default=30.0,
-        metadata=_help("After --max_steps, keep serving the final state this many seconds to peers that are still "
-                       "finishing the last step."),
+        default=120.0,
+        metadata=_help("At --max_steps, wait up to this many seconds for the other trainers to finish the last step "
+                       "and agree on one final state (a lagging peer may need a whole --averaging_timeout)."),
     )
     statistics_expiration: float = field(
         default=600.0, metadata=_help("Seconds this peer's metrics record stays in the DHT after it stops.")

@@ -18,10 +18,11 @@ _QUIET_LOGGERS = ("hivemind.averaging.matchmaking", "filelock", "urllib3", "http
 
 
 def _routine_network_errors() -> tuple[type, ...]:
+    from hivemind.averaging.matchmaking import MatchmakingException
     from hivemind.averaging.partition import AllreduceException
     from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError
 
-    return AllreduceException, P2PDaemonError, P2PHandlerError, TimeoutError, ConnectionError
+    return AllreduceException, MatchmakingException, P2PDaemonError, P2PHandlerError, TimeoutError, ConnectionError
 
 
 _ROUTINE_NETWORK_ERRORS: tuple[type, ...] = ()

@@ -41,6 +41,7 @@ from collab.peer import check_swarm_config, create_dht, declare_swarm_config
 logger = logging.getLogger(__name__)
 
 LossFunction = Callable[[torch.nn.Module, dict], torch.Tensor]
+FINAL_OFFER_PROPAGATION_S = 3.0  # time for a changed state-sharing priority to reach the DHT
 NONFINITE_BEFORE_RESYNC = 10  # consecutive non-finite losses that mean the parameters themselves are broken
 
 
@@ -209,30 +210,64 @@ class CollaborativeTrainer:
         return max(self.opt.local_epoch, self.opt.tracker.global_epoch)
 
     def finish(self) -> None:
-        """End the run in step with the swarm: every peer that stops at --max_steps saves the same parameters.
+        """End the run in step with the swarm: all trainers that stop at --max_steps save the same parameters.
 
-        Take in the last parameter-averaging round (it runs in the background); if the swarm finished a step
-        ahead of this peer, download its final state; save; then keep serving that state for a while to peers
-        that are still finishing the last step.
+        Rounds that missed a peer (slow or overloaded machines) can leave a peer's parameters apart from the
+        others at the last step. So the run ends with a small agreement, built on hivemind's state sharing:
+        every finished peer offers its state with a priority above any step number plus a tie-break derived from
+        its peer ID, waits until every trainer has finished, and then all but the top-priority peer download the
+        top peer's state. The top peer keeps serving until the others have taken it (bounded by
+        --final_sync_timeout).
         """
         self.opt.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
-        if self.opt.local_epoch < self.opt.tracker.global_epoch:
-            logger.info(f"The swarm reached global step {self.opt.tracker.global_epoch} first: downloading its state")
+        offering = self.final_offer_priority()
+        if not self.opt.client_mode:
+            self.opt.state_averager.state_sharing_priority = offering
+        deadline = time.monotonic() + self.args.final_sync_timeout
+        self._wait(lambda: all(epoch >= self.args.max_steps for epoch in self._peer_epochs()), deadline,
+                   "for all trainers to finish the last step")
+        time.sleep(FINAL_OFFER_PROPAGATION_S)
+        offers = self._final_offers()
+        top_peer = max(offers, key=offers.get) if offers else None
+        if top_peer is not None and top_peer != self.opt.state_averager.peer_id.to_bytes():
+            logger.info(f"Taking the swarm's final state from the peer chosen by all ({len(offers)} offered it)")
             self.opt.load_state_from_peers()
+            if not self.opt.client_mode:
+                self.opt.state_averager.state_sharing_priority = float(self.args.max_steps)  # no longer offering
         if self.args.save_steps > 0:
             self.save()
-        self.wait_for_peers_to_finish()
+        if top_peer is not None and top_peer == self.opt.state_averager.peer_id.to_bytes():
+            own = self.opt.state_averager.peer_id.to_bytes()
+            self._wait(lambda: all(peer == own for peer in self._final_offers()), deadline,
+                       "for the other trainers to take the final state")
+            time.sleep(FINAL_OFFER_PROPAGATION_S)  # client-mode peers do not announce it: leave them a moment
 
-    def wait_for_peers_to_finish(self) -> None:
-        deadline = time.monotonic() + self.args.final_sync_timeout
+    def final_offer_priority(self) -> float:
+        """Above every step number; the fraction is a tie-break that all peers compute the same way."""
+        peer_id = self.opt.state_averager.peer_id.to_bytes()
+        tie_break = int.from_bytes(hashlib.sha256(peer_id).digest()[:6], "big") / 2**48
+        return float(self.args.max_steps + 1) + tie_break
+
+    def _final_offers(self) -> dict[bytes, float]:
+        """Peers currently offering their final state (priority above --max_steps), with their priorities."""
+        key = f"{self.opt.state_averager.prefix}.all_averagers"
+        found = self.opt.dht.get(key, latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        return {peer: float(entry.value) for peer, entry in found.value.items()
+                if isinstance(entry.value, (int, float)) and entry.value > self.args.max_steps}
+
+    def _wait(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
+        announced = False
         while time.monotonic() < deadline:
             check_stop()
-            behind = [epoch for epoch in self._peer_epochs() if epoch < self.opt.local_epoch]
-            if not behind:
+            if condition():
                 return
-            logger.info(f"Waiting for {len(behind)} peer(s) to finish the last step (they may download its state)")
-            time.sleep(2.0)
-        logger.info("Stopped waiting for peers to finish the last step")
+            if not announced:
+                logger.info(f"Waiting up to {self.args.final_sync_timeout:.0f}s {what}")
+                announced = True
+            time.sleep(1.0)
+        logger.info(f"Stopped waiting {what}")
 
     def _peer_epochs(self) -> list[int]:
         """Epochs in the live progress records of this run's trainers (hivemind.optim.ProgressTracker's)."""

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import hivemind
 import numpy as np
+from hivemind.utils import get_dht_time
 import torch
 from tqdm.auto import tqdm
 
@@ -216,31 +217,42 @@ class CollaborativeTrainer:
         others at the last step. So the run ends with a small agreement, built on hivemind's state sharing:
         every finished peer offers its state with a priority above any step number plus a tie-break derived from
         its peer ID, waits until every trainer has finished, and then all but the top-priority peer download the
-        top peer's state. The top peer keeps serving until the others have taken it (bounded by
-        --final_sync_timeout).
+        top peer's state and say so in the DHT. The top peer serves until all have (bounded by
+        --final_sync_timeout). Client-mode peers cannot serve, but they take the state like the others.
         """
         self.opt.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
-        offering = self.final_offer_priority()
         if not self.opt.client_mode:
-            self.opt.state_averager.state_sharing_priority = offering
+            self.opt.state_averager.state_sharing_priority = self.final_offer_priority()
         deadline = time.monotonic() + self.args.final_sync_timeout
         self._wait(lambda: all(epoch >= self.args.max_steps for epoch in self._peer_epochs()), deadline,
                    "for all trainers to finish the last step")
+        trainers = len(self._peer_epochs())
         time.sleep(FINAL_OFFER_PROPAGATION_S)
         offers = self._final_offers()
         top_peer = max(offers, key=offers.get) if offers else None
-        if top_peer is not None and top_peer != self.opt.state_averager.peer_id.to_bytes():
+        is_top = top_peer == self.opt.state_averager.peer_id.to_bytes()
+        if top_peer is not None and not is_top:
             logger.info(f"Taking the swarm's final state from the peer chosen by all ({len(offers)} offered it)")
             self.opt.load_state_from_peers()
             if not self.opt.client_mode:
                 self.opt.state_averager.state_sharing_priority = float(self.args.max_steps)  # no longer offering
+        self._mark_final_state_taken()
         if self.args.save_steps > 0:
             self.save()
-        if top_peer is not None and top_peer == self.opt.state_averager.peer_id.to_bytes():
-            own = self.opt.state_averager.peer_id.to_bytes()
-            self._wait(lambda: all(peer == own for peer in self._final_offers()), deadline,
-                       "for the other trainers to take the final state")
-            time.sleep(FINAL_OFFER_PROPAGATION_S)  # client-mode peers do not announce it: leave them a moment
+        if is_top:
+            self._wait(lambda: self._count_final_state_taken() >= trainers, deadline,
+                       f"for the other {trainers - 1} trainer(s) to take the final state")
+
+    def _final_key(self) -> str:
+        return f"{self.opt.run_id}_final_state"
+
+    def _mark_final_state_taken(self) -> None:
+        self.opt.dht.store(self._final_key(), subkey=self.opt.dht.peer_id.to_bytes(), value=True,
+                           expiration_time=get_dht_time() + self.args.final_sync_timeout)
+
+    def _count_final_state_taken(self) -> int:
+        found = self.opt.dht.get(self._final_key(), latest=True)
+        return len(found.value) if found is not None and isinstance(found.value, dict) else 0
 
     def final_offer_priority(self) -> float:
         """Above every step number; the fraction is a tie-break that all peers compute the same way."""

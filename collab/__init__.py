@@ -5,6 +5,7 @@
 - optimizer: hivemind.Optimizer construction (compression, bandwidth hints, client/auxiliary modes)
 - metrics: signed per-peer metrics records in the DHT and their aggregation
 - training: the collaborative training loop
+- final_state: how trainers agree on one final state when the run ends
 - checkpoints: atomic checkpoints and the resume order
 - monitor: the coordinator's metrics/checkpoint loop (wandb + SQLite)
 - swarm: starting and stopping local swarms of peer processes (demo, tests)

@@ -20,7 +20,6 @@ from typing import Callable, Iterator, Optional
 
 import hivemind
 import numpy as np
-from hivemind.utils import get_dht_time
 import torch
 from tqdm.auto import tqdm
 
@@ -35,6 +34,7 @@ from collab.arguments import (
 from collab.cli import check_stop
 from collab.checkpoints import latest_valid_checkpoint, load_optimizer_state, save_checkpoint, verify_checkpoint
 from collab.errors import UserError
+from collab.final_state import FinalStateAgreement
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
 from collab.optimizer import OptimizerFactory, SchedulerFactory, create_optimizer
 from collab.peer import check_swarm_config, create_dht, declare_swarm_config
@@ -42,7 +42,6 @@ from collab.peer import check_swarm_config, create_dht, declare_swarm_config
 logger = logging.getLogger(__name__)
 
 LossFunction = Callable[[torch.nn.Module, dict], torch.Tensor]
-FINAL_OFFER_PROPAGATION_S = 3.0  # time for a changed state-sharing priority to reach the DHT
 NONFINITE_BEFORE_RESYNC = 10  # consecutive non-finite losses that mean the parameters themselves are broken
 
 
@@ -211,83 +210,9 @@ class CollaborativeTrainer:
         return max(self.opt.local_epoch, self.opt.tracker.global_epoch)
 
     def finish(self) -> None:
-        """End the run in step with the swarm: all trainers that stop at --max_steps save the same parameters.
-
-        Rounds that missed a peer (slow or overloaded machines) can leave a peer's parameters apart from the
-        others at the last step. So the run ends with a small agreement, built on hivemind's state sharing:
-        every finished peer offers its state with a priority above any step number plus a tie-break derived from
-        its peer ID, waits until every trainer has finished, and then all but the top-priority peer download the
-        top peer's state and say so in the DHT. The top peer serves until all have (bounded by
-        --final_sync_timeout). Client-mode peers cannot serve, but they take the state like the others.
-        """
-        self.opt.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=True)
-        if not self.opt.client_mode:
-            self.opt.state_averager.state_sharing_priority = self.final_offer_priority()
-        deadline = time.monotonic() + self.args.final_sync_timeout
-        self._wait(lambda: all(epoch >= self.args.max_steps for epoch in self._peer_epochs()), deadline,
-                   "for all trainers to finish the last step")
-        trainers = len(self._peer_epochs())
-        time.sleep(FINAL_OFFER_PROPAGATION_S)
-        offers = self._final_offers()
-        top_peer = max(offers, key=offers.get) if offers else None
-        is_top = top_peer == self.opt.state_averager.peer_id.to_bytes()
-        if top_peer is not None and not is_top:
-            logger.info(f"Taking the swarm's final state from the peer chosen by all ({len(offers)} offered it)")
-            self.opt.load_state_from_peers()
-            if not self.opt.client_mode:
-                self.opt.state_averager.state_sharing_priority = float(self.args.max_steps)  # no longer offering
-        self._mark_final_state_taken()
-        if self.args.save_steps > 0:
-            self.save()
-        if is_top:
-            self._wait(lambda: self._count_final_state_taken() >= trainers, deadline,
-                       f"for the other {trainers - 1} trainer(s) to take the final state")
-
-    def _final_key(self) -> str:
-        return f"{self.opt.run_id}_final_state"
-
-    def _mark_final_state_taken(self) -> None:
-        self.opt.dht.store(self._final_key(), subkey=self.opt.dht.peer_id.to_bytes(), value=True,
-                           expiration_time=get_dht_time() + self.args.final_sync_timeout)
-
-    def _count_final_state_taken(self) -> int:
-        found = self.opt.dht.get(self._final_key(), latest=True)
-        return len(found.value) if found is not None and isinstance(found.value, dict) else 0
-
-    def final_offer_priority(self) -> float:
-        """Above every step number; the fraction is a tie-break that all peers compute the same way."""
-        peer_id = self.opt.state_averager.peer_id.to_bytes()
-        tie_break = int.from_bytes(hashlib.sha256(peer_id).digest()[:6], "big") / 2**48
-        return float(self.args.max_steps + 1) + tie_break
-
-    def _final_offers(self) -> dict[bytes, float]:
-        """Peers currently offering their final state (priority above --max_steps), with their priorities."""
-        key = f"{self.opt.state_averager.prefix}.all_averagers"
-        found = self.opt.dht.get(key, latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return {}
-        return {peer: float(entry.value) for peer, entry in found.value.items()
-                if isinstance(entry.value, (int, float)) and entry.value > self.args.max_steps}
-
-    def _wait(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
-        announced = False
-        while time.monotonic() < deadline:
-            check_stop()
-            if condition():
-                return
-            if not announced:
-                logger.info(f"Waiting up to {self.args.final_sync_timeout:.0f}s {what}")
-                announced = True
-            time.sleep(1.0)
-        logger.info(f"Stopped waiting {what}")
-
-    def _peer_epochs(self) -> list[int]:
-        """Epochs in the live progress records of this run's trainers (hivemind.optim.ProgressTracker's)."""
-        found = self.opt.dht.get(self.opt.tracker.training_progress_key, latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return []
-        return [entry.value["epoch"] for entry in found.value.values()
-                if isinstance(entry.value, dict) and isinstance(entry.value.get("epoch"), int)]
+        """Agree with the other trainers on one final state (see collab.final_state), then save it."""
+        FinalStateAgreement(self.opt, self.args.max_steps, self.args.final_sync_timeout).run(
+            save=self.save if self.args.save_steps > 0 else None)
 
     def on_global_step(self) -> None:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""

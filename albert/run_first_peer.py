@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                 collab.compression, output_dir / "checkpoints", monitor_args.keep_checkpoints, all_arguments,
                 collab.load_state_timeout,
             )
+            checkpointer.resume()
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())

@@ -130,6 +130,11 @@ class CollaborationArguments:
     load_state_timeout: float = field(
         default=300.0, metadata=_help("Seconds one attempt to download the training state from a peer may take.")
     )
+    load_state_attempts: int = field(
+        default=5,
+        metadata=_help("Attempts to download the training state (each tries every peer offering it) before going on "
+                       "with the local state; the waits between attempts double from 2 s."),
+    )
     compression: str = field(
         default="fp16",
         metadata=_help(
@@ -178,6 +183,8 @@ class CollaborationArguments:
             raise UserError("--batch_size_lead must be >= 0 and smaller than --target_batch_size")
         if self.delay_grad_averaging and not self.delay_optimizer_step:
             raise UserError("--delay_grad_averaging needs --delay_optimizer_step as well")
+        if self.load_state_attempts < 1:
+            raise UserError(f"--load_state_attempts must be at least 1, got {self.load_state_attempts}")
         if self.bandwidth is not None and self.bandwidth < 0:
             raise UserError("--bandwidth is in Mbit/s and must be >= 0")
 

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from collab.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -118,3 +120,15 @@ def latest_valid_checkpoint(root: Path) -> Optional[Path]:
 
 def load_optimizer_state(folder: Path) -> dict:
     return torch.load(folder / OPTIMIZER_STATE, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {folder} does not fit this model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}): use the same model preset it was trained with")

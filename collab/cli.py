@@ -94,6 +94,18 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+class RateLimitedLog:
+    """Counts a recurring event and logs it only the 1st, 10th and every 100th time: a few lines, never a flood."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING):
+        self.logger, self.level, self.count = logger, level, 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        if self.count in (1, 10) or self.count % 100 == 0:
+            self.logger.log(self.level, f"{message} ({self.count} so far)")
+
+
 _MAIN_PID = None
 stop_requested = threading.Event()
 

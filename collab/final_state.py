@@ -61,12 +61,13 @@ class FinalStateAgreement:
         return float(self.max_steps + 1) + tie_break
 
     def _offers(self) -> dict[bytes, float]:
-        """Peers currently offering their final state (priority above max_steps), with their priorities."""
-        found = self.opt.dht.get(f"{self.opt.state_averager.prefix}.all_averagers", latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return {}
-        return {peer: float(entry.value) for peer, entry in found.value.items()
-                if isinstance(entry.value, (int, float)) and entry.value > self.max_steps}
+        """Peers currently offering their final state (priority above max_steps), this one included."""
+        offers = {peer: priority for peer, priority in self.opt.state_averager.donors().items()
+                  if priority > self.max_steps}
+        own = self.opt.state_averager.state_sharing_priority
+        if not self.opt.client_mode and own > self.max_steps:
+            offers[self.own_id] = own
+        return offers
 
     def _trainer_epochs(self) -> list[int]:
         """Epochs in the live progress records of this run's trainers (hivemind.optim.ProgressTracker's)."""

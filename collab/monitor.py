@@ -1,8 +1,10 @@
 """The coordinator's monitor: aggregates the peers' metrics records, logs them (wandb, SQLite), checkpoints the
 swarm's state and optionally uploads it to the Hugging Face Hub.
 
-The monitor never trains and never donates state: it downloads the newest state from trainers like a joining
-peer would, and saves it atomically in the same format as a trainer's own checkpoints.
+The monitor never trains: it downloads the newest state from trainers like a joining peer would, and saves it
+atomically in the same format as a trainer's own checkpoints. A restarted coordinator picks up where it left off:
+it appends to the same metrics store and wandb run, and loads its newest valid checkpoint, which it then offers
+to joining peers (below any live trainer's state), so a swarm restarted from nothing resumes at that step.
 """
 from __future__ import annotations
 
@@ -17,11 +19,10 @@ from typing import Optional
 
 import hivemind
 import torch
-from hivemind.optim.state_averager import TrainingStateAverager
 
-from collab.checkpoints import save_checkpoint
+from collab.checkpoints import latest_valid_checkpoint, load_model_weights, load_optimizer_state, save_checkpoint
 from collab.metrics import GlobalMetrics, LocalMetrics, aggregate, fetch_metrics
-from collab.optimizer import OptimizerFactory, SchedulerFactory, make_compression
+from collab.optimizer import OptimizerFactory, ReportingStateAverager, SchedulerFactory, make_compression
 from collab.peer import declare_swarm_config
 from collab.store import MetricsStore
 
@@ -72,9 +73,9 @@ class StepAggregator:
     Peers store only their latest record, so the monitor polls and remembers what it saw for each step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, last_final_step: int = -1) -> None:
         self.pending: dict[int, dict[str, LocalMetrics]] = {}
-        self.last_final_step = -1
+        self.last_final_step = last_final_step  # a restarted monitor does not record finished steps again
 
     def add(self, records: dict[str, LocalMetrics]) -> list[tuple[GlobalMetrics, dict[str, LocalMetrics]]]:
         changed = set()
@@ -101,6 +102,8 @@ class StepAggregator:
 class WandbLogger:
     """wandb that can never stop the monitor: any failure is logged once and wandb is switched off."""
 
+    RUN_ID_FILE = "wandb_run_id"  # a restarted coordinator goes on logging into the same wandb run
+
     def __init__(self, project: str, config: dict, mode: str, directory: Path):
         self.run = None
         if mode == "auto":
@@ -111,8 +114,12 @@ class WandbLogger:
             import wandb
 
             directory.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(project=project, config=config, mode=mode, dir=str(directory))
-            logger.info(f"wandb logging in {mode} mode ({directory})")
+            id_file = directory / self.RUN_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            id_file.write_text(run_id)
+            self.run = wandb.init(project=project, config=config, mode=mode, dir=str(directory), id=run_id,
+                                  resume="allow")
+            logger.info(f"wandb logging in {mode} mode ({directory}, run {run_id})")
         except Exception as e:
             logger.warning(f"wandb is unavailable, continuing without it: {e!r}")
 
@@ -135,7 +142,8 @@ class WandbLogger:
 
 
 class SwarmCheckpointer:
-    """Downloads the newest training state from the trainers and saves it as a checkpoint."""
+    """Downloads the newest training state from the trainers, saves it as a checkpoint, and offers the newest
+    checkpoint to joining peers (a state-sharing priority equal to its step, so live trainers come first)."""
 
     def __init__(self, dht: hivemind.DHT, run_id: str, model: torch.nn.Module, params: list,
                  optimizer_factory: OptimizerFactory,
@@ -143,7 +151,7 @@ class SwarmCheckpointer:
                  arguments: dict, load_state_timeout: float):
         self.model, self.root, self.keep, self.arguments = model, root, keep, arguments
         self.load_state_timeout = load_state_timeout
-        self.state_averager = TrainingStateAverager(
+        self.state_averager = ReportingStateAverager(
             dht=dht, optimizer=optimizer_factory, params=params, scheduler=scheduler_factory,
             prefix=f"{run_id}_state_averager", state_compression=make_compression(compression),
             allow_state_sharing=False, start=True,
@@ -153,15 +161,33 @@ class SwarmCheckpointer:
     def step(self) -> int:
         return self.state_averager.local_epoch
 
+    def resume(self) -> Optional[Path]:
+        """Load the newest valid checkpoint under root (corrupted ones are reported and skipped) and offer it."""
+        folder = latest_valid_checkpoint(self.root)
+        if folder is None:
+            return None
+        load_model_weights(self.model, folder)
+        state = load_optimizer_state(folder)
+        self.state_averager.local_epoch = state["state"].pop("local_epoch")
+        self.state_averager.optimizer.load_state_dict(state)
+        self.state_averager._update_scheduler()
+        self._offer()
+        logger.info(f"Resumed from checkpoint {folder} (global step {self.step}); offering it to joining peers")
+        return folder
+
+    def _offer(self) -> None:
+        self.state_averager.allow_state_sharing = True
+        self.state_averager.state_sharing_priority = self.step
+
     def fetch_and_save(self) -> Optional[Path]:
         before = self.step
-        self.state_averager.load_state_from_peers(timeout=self.load_state_timeout)
-        if self.step <= before:  # nothing new (or no trainer online yet)
+        if self.state_averager.load_state_from_peers(timeout=self.load_state_timeout) is None or self.step <= before:
             logger.info("No newer state than the last checkpoint was available")
             return None
         state = self.state_averager.optimizer.state_dict()
         state["state"]["local_epoch"] = self.step  # same layout as hivemind.Optimizer.state_dict()
         folder = save_checkpoint(self.root, self.step, self.model, state, self.arguments, keep_last=self.keep)
+        self._offer()
         logger.info(f"Saved the swarm's state at global step {self.step} to {folder}")
         return folder
 
@@ -187,8 +213,9 @@ class Monitor:
                  store: MetricsStore, wandb_logger: WandbLogger, checkpointer: Optional[SwarmCheckpointer]):
         self.dht, self.run_id, self.args, self.swarm_config = dht, run_id, args, swarm_config
         self.store, self.wandb, self.checkpointer = store, wandb_logger, checkpointer
-        self.aggregator = StepAggregator()
-        self.last_checkpoint_step = 0
+        recorded = store.global_steps()
+        self.aggregator = StepAggregator(last_final_step=recorded[-1]["step"] if recorded else -1)
+        self.last_checkpoint_step = checkpointer.step if checkpointer is not None else 0
 
     def poll(self) -> list[GlobalMetrics]:
         """Read live records once; log and store every step that became final."""

@@ -1,16 +1,24 @@
-"""Building hivemind.Optimizer from the argument groups.
+"""Building hivemind.Optimizer from the argument groups, hardened for a swarm whose peers come and go.
 
 Two hivemind 1.1.12 traps are handled here (see README, "Known traps"): `averager_opts` reaches only the state
 averager, so the averaging settings and the bandwidth hint are given to the gradient averager through
 `grad_averager_factory`; and the Optimizer's own `client_mode` argument is ignored, so client mode is set on
 the DHT and passed to the Optimizer as the same explicit bool.
+
+`SwarmOptimizer` adds what churn and bad peers need: downloading the state retries a bounded number of times
+with back-off (hivemind's loops forever), and gradients that are not finite are never accumulated or sent.
+`skip_nonfinite_updates` guards the inner optimizer: an averaged gradient that is not finite (a peer that does
+not run this code) skips the update instead of poisoning every peer's parameters.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import time
+import types
 from functools import partial
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import hivemind
 import torch
@@ -24,9 +32,12 @@ from hivemind.compression import (
     SizeAdaptiveCompression,
     Uniform8BitQuantization,
 )
+from hivemind.averaging import DecentralizedAverager
 from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
 
 from collab.arguments import AveragerArguments, CollaborationArguments, PeerArguments, ProgressTrackerArguments
+from collab.cli import RateLimitedLog, check_stop
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +77,169 @@ class RecordingGradientAverager(GradientAverager):
             self.latest_round = result
         return result
 
-    def pop_latest_group_size(self) -> int:
-        """Peers in the latest finished gradient round; 1 if this peer proceeded with its local gradients."""
+    def pop_latest_round(self) -> tuple[int, str]:
+        """Size and outcome of the latest gradient round: (peers, "averaged"), (1, "failed") when the round broke
+        down and this peer went on with its local gradients, or (1, "alone") when no round was held."""
         control, self.latest_round = self.latest_round, None
-        if control is None or not control.done() or control.cancelled() or control.exception() is not None:
-            return 1
-        return len(control.result())
+        if control is None:
+            return 1, "alone"
+        if not control.done() or control.cancelled() or control.exception() is not None:
+            return 1, "failed"
+        return len(control.result()), "averaged"
+
+
+class _RememberDownloadedEpoch(DecentralizedAverager):
+    """Sits right below TrainingStateAverager in the method order and sees what the download returned."""
+
+    downloaded_epoch: Optional[int] = None
+
+    def load_state_from_peers(self, **kwargs):
+        result = super().load_state_from_peers(**kwargs)
+        if result is not None:
+            metadata = result[0]
+            self.downloaded_epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
+        return result
+
+
+class ReportingStateAverager(TrainingStateAverager, _RememberDownloadedEpoch):
+    """A TrainingStateAverager that tells whether its last load_state_from_peers() received a state, and who
+    offers one: hivemind's returns None either way."""
+
+    def load_state_from_peers(self, **kwargs) -> Optional[int]:
+        """Download the newest state; return its global step if it was received and loaded, else None.
+
+        `downloaded_epoch` tells a state that never arrived (None) from one that was refused (hivemind keeps the
+        local state when the donor's step is behind this peer's, or when the layouts differ).
+        """
+        self.downloaded_epoch = None
+        super().load_state_from_peers(**kwargs)
+        loaded = self.downloaded_epoch is not None and self.local_epoch == self.downloaded_epoch
+        return self.downloaded_epoch if loaded else None
+
+    def donors(self) -> dict[bytes, float]:
+        """Other peers that offer their state, with their priorities (a killed peer's record lingers ~30 s)."""
+        found = self.dht.get(f"{self.prefix}.all_averagers", latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        own_id = self.peer_id.to_bytes()
+        return {peer: float(entry.value) for peer, entry in found.value.items()
+                if peer != own_id and isinstance(entry.value, (int, float))}
+
+
+def grads_are_finite(grads: Sequence[torch.Tensor]) -> bool:
+    """True if no gradient holds inf or NaN (the max-norm of a tensor is finite exactly when all values are)."""
+    grads = [grad for grad in grads if grad is not None]
+    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+
+
+def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make optimizer.step() leave the parameters alone when the (averaged) gradient is not finite.
+
+    Every peer of a round receives the same averaged gradient, so every peer skips the same update and they
+    stay in step. It is the last line of defence: our own peers never send non-finite gradients.
+    """
+    unguarded_step = optimizer.step
+    warn = RateLimitedLog(logger)
+
+    def guarded_step(self, *args, **kwargs):
+        grads = [param.grad for group in self.param_groups for param in group["params"]]
+        if not grads_are_finite(grads):
+            warn("The averaged gradient is not finite (a peer sent inf/NaN): skipped this update")
+            return None
+        return unguarded_step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(guarded_step, optimizer)  # a bound method, as LR schedulers expect
+    return optimizer
+
+
+class SwarmOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer with bounded state downloads and a finiteness check on local gradients."""
+
+    def __init__(self, *args, load_state_attempts: int = 5, load_state_backoff: float = 2.0, **kwargs):
+        self.load_state_attempts, self.load_state_backoff = load_state_attempts, load_state_backoff
+        self.nonfinite_gradient_steps = self.state_downloads = 0
+        self._warn_nonfinite = RateLimitedLog(logger)
+        super().__init__(*args, **kwargs)
+
+    def _make_state_averager(self, **kwargs) -> ReportingStateAverager:
+        return ReportingStateAverager(
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs,
+        )
+
+    def _check_and_accumulate_gradients(self, batch_size: int, grad_scaler) -> bool:
+        # hivemind checks fp16 gradients through its GradScaler; fp32 ones are checked here, with the same remedy:
+        # drop this peer's accumulated gradients and report no progress, so nothing non-finite is ever averaged.
+        if grad_scaler is None and not grads_are_finite([param.grad for param in self.grad_averager.parameters]):
+            self.nonfinite_gradient_steps += 1
+            self._warn_nonfinite("Local gradients are not finite: dropped them (this peer's samples since the "
+                                 "last global step are not sent)")
+            self.tracker.report_local_progress(self.local_epoch, samples_accumulated=0)
+            self.grad_averager.reset_accumulated_grads_()
+            return False
+        return super()._check_and_accumulate_gradients(batch_size, grad_scaler)
+
+    def load_state_from_peers(self, **kwargs) -> bool:
+        """Download the newest state, trying again with back-off when donors fail; True if a state arrived.
+
+        hivemind's version retries forever and logs a traceback each time. Here one call makes at most
+        --load_state_attempts attempts (hivemind itself moves on to the next donor within an attempt); when
+        all fail, the peer goes on with its local state and hivemind asks again if it stays out of sync.
+        """
+        if self.scheduled_grads is not None and not self.scheduled_grads.done():
+            self._tag_along_with_zero_weight(self.scheduled_grads)  # leaving a round would stall the others
+            self.scheduled_grads = None
+        self.state_averager.step(wait_for_delayed_updates=True)
+        with self.tracker.pause_updates():
+            loaded = self._download_state(**kwargs)
+            if self.tracker.global_epoch - 1 <= self.local_epoch < self.tracker.global_epoch:
+                self.state_averager.local_epoch = self.tracker.global_epoch  # the swarm just stepped: catch up
+            self.tracker.report_local_progress(local_epoch=self.local_epoch, samples_accumulated=0)
+            if not self.client_mode:
+                self.state_averager.state_sharing_priority = self.local_epoch
+            if self.use_gradient_averaging:
+                self.grad_averager.reset_accumulated_grads_()
+                if not self.client_mode:
+                    self.grad_averager.state_sharing_priority = self.local_epoch
+        return loaded
+
+    def _download_state(self, **kwargs) -> bool:
+        for attempt in range(1, self.load_state_attempts + 1):
+            check_stop()
+            donors = self.state_averager.donors()
+            if not donors:
+                logger.info("No other peer offers its state yet: keeping the local state")
+                return False
+            started = time.monotonic()
+            try:
+                epoch = self.state_averager.load_state_from_peers(timeout=self.load_state_timeout, **kwargs)
+                if epoch is not None and self.grad_averager is not None:
+                    self.grad_averager.load_state_from_peers(timeout=self.load_state_timeout, **kwargs)
+                problem = None if epoch is not None else f"none of the {len(donors)} peer(s) offering it sent it"
+            except Exception as e:  # timeouts, vanished peers, truncated streams
+                epoch, problem = None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            received = self.state_averager.downloaded_epoch
+            if epoch is None and received is not None:
+                logger.warning(f"Kept the local state of global step {self.local_epoch}: the state received "
+                               f"(global step {received}) could not be used")
+                return False
+            if problem is None:
+                self.state_downloads += 1
+                logger.info(f"Downloaded the training state of global step {epoch} in "
+                            f"{time.monotonic() - started:.1f}s (attempt {attempt})")
+                return True
+            if attempt == self.load_state_attempts:
+                logger.warning(f"Could not download the training state in {attempt} attempts ({problem}); going on "
+                               f"with the local state")
+                return False
+            delay = self.load_state_backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
+            logger.warning(f"Downloading the training state failed ({problem}); attempt {attempt + 1} of "
+                           f"{self.load_state_attempts} in {delay:.1f}s")
+            time.sleep(delay)
+        return False
 
 
 def averager_kwargs(collab: CollaborationArguments, averager: AveragerArguments) -> dict:
@@ -95,17 +263,18 @@ def create_optimizer(
     """A hivemind.Optimizer that accumulates until the swarm reaches the target batch, then averages and steps."""
     compression = make_compression(collab.compression)
     shared_averager_kwargs = averager_kwargs(collab, averager)
-    return hivemind.Optimizer(
+    return SwarmOptimizer(
         dht=dht,
         run_id=peer.run_id,
         target_batch_size=collab.target_batch_size - collab.batch_size_lead,
         batch_size_per_step=None if auxiliary else batch_size_per_step,
         params=params,
-        optimizer=optimizer_factory,
+        optimizer=lambda param_groups: skip_nonfinite_updates(optimizer_factory(param_groups)),
         scheduler=scheduler_factory,
         matchmaking_time=collab.matchmaking_time,
         averaging_timeout=collab.averaging_timeout,
         load_state_timeout=collab.load_state_timeout,
+        load_state_attempts=collab.load_state_attempts,
         # Gradients accumulate in .grad (no second copy). With AMP this requires hivemind.GradScaler.
         reuse_grad_buffers=not auxiliary,
         offload_optimizer=collab.offload_optimizer,

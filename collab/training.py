@@ -31,12 +31,20 @@ from collab.arguments import (
     TrainingArguments,
     to_dict,
 )
-from collab.cli import check_stop
-from collab.checkpoints import latest_valid_checkpoint, load_optimizer_state, save_checkpoint, verify_checkpoint
+from collab.cli import RateLimitedLog, check_stop
+from collab.checkpoints import (
+    latest_valid_checkpoint,
+    load_model_weights,
+    load_optimizer_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from collab.errors import UserError
+from collab.faults import FaultPlan
 from collab.final_state import FinalStateAgreement
+from collab.journal import JOURNAL_FILE, Journal, ParameterProbe, optimizer_digest
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
-from collab.optimizer import OptimizerFactory, SchedulerFactory, create_optimizer
+from collab.optimizer import OptimizerFactory, SchedulerFactory, SwarmOptimizer, create_optimizer
 from collab.peer import check_swarm_config, create_dht, declare_swarm_config
 
 logger = logging.getLogger(__name__)
@@ -102,17 +110,13 @@ def infinite_batches(
 class MetricsReporter:
     """Publishes this peer's signed metrics record (and the swarm settings) once per global step."""
 
-    def __init__(self, dht: hivemind.DHT, run_id: str, public_key: bytes, swarm_config: dict,
-                 expiration: float, log_path: Optional[Path] = None):
+    def __init__(self, dht: hivemind.DHT, run_id: str, public_key: bytes, swarm_config: dict, expiration: float):
         self.dht, self.run_id, self.public_key = dht, run_id, public_key
-        self.swarm_config, self.expiration, self.log_path = swarm_config, expiration, log_path
+        self.swarm_config, self.expiration = swarm_config, expiration
 
     def report(self, metrics: LocalMetrics) -> None:
         publish_metrics(self.dht, self.run_id, self.public_key, metrics, self.expiration)
         declare_swarm_config(self.dht, self.run_id, self.swarm_config, self.expiration)
-        if self.log_path is not None:  # the peer's own record of what it contributed
-            with open(self.log_path, "a") as log:
-                log.write(json.dumps(dict(metrics.dict(), time=time.time())) + "\n")
 
 
 class CollaborativeTrainer:
@@ -121,21 +125,29 @@ class CollaborativeTrainer:
     def __init__(
         self,
         model: torch.nn.Module,
-        optimizer: hivemind.Optimizer,
+        optimizer: SwarmOptimizer,
         batches: Iterator[dict],
         args: TrainingArguments,
         device: torch.device,
         reporter: Optional[MetricsReporter] = None,
         compute_loss: LossFunction = model_loss,
         save_arguments: Optional[dict] = None,
+        journal: Optional[Journal] = None,
+        faults: Optional[FaultPlan] = None,
     ):
         self.model, self.opt, self.batches, self.args, self.device = model, optimizer, batches, args, device
         self.reporter, self.compute_loss, self.save_arguments = reporter, compute_loss, save_arguments or {}
+        self.journal, self.faults = journal or Journal(None), faults or FaultPlan()
+        self.probe = ParameterProbe(_unwrap(model))
         self.use_amp = args.fp16 and device.type == "cuda"
         self.grad_scaler = hivemind.GradScaler() if self.use_amp else None
-        self.local_steps = 0
+        self.local_steps = self.attempted_steps = 0
         self.nonfinite_total = self.nonfinite_in_a_row = 0
+        self._warn_nonfinite_loss = RateLimitedLog(logger)
+        self.samples_computed, self._computed_logged_at = 0, 0.0
         self.reported_epoch = optimizer.local_epoch
+        self._journaled_round = None
+        self._journaled_downloads = optimizer.state_downloads
         self._reset_contribution()
 
     def _reset_contribution(self) -> None:
@@ -144,13 +156,14 @@ class CollaborativeTrainer:
     def local_step(self) -> Optional[float]:
         """One optimizer.step() worth of samples (with local gradient accumulation); returns the mean loss."""
         self.model.train()
+        self.attempted_steps += 1
         accumulation = self.args.gradient_accumulation_steps
         losses = []
         for _ in range(accumulation):
             batch = {key: value.to(self.device) for key, value in next(self.batches).items()}
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
             with autocast:
-                loss = self.compute_loss(self.model, batch)
+                loss = self.faults.corrupt_loss(self.compute_loss(self.model, batch), self.attempted_steps)
             if not torch.isfinite(loss):  # never let a bad batch poison the accumulated gradients
                 self._on_nonfinite_loss(loss.item())
                 continue
@@ -160,7 +173,9 @@ class CollaborativeTrainer:
             losses.append(loss.item())
         if not losses:
             return None
+        self.faults.corrupt_grads(self.model, self.attempted_steps)
         batch_size = self.args.per_device_train_batch_size * len(losses)
+        self.samples_computed += batch_size
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.opt, batch_size=batch_size)  # calls opt.step(..., grad_scaler=...)
             self.grad_scaler.update()
@@ -172,17 +187,34 @@ class CollaborativeTrainer:
         self.samples += batch_size
         return sum(losses) / len(losses)
 
+    def _journal_progress(self) -> None:
+        """Samples computed (at most once a second), the start of each gradient round and each state download."""
+        if self.opt.state_downloads != self._journaled_downloads:
+            self._journaled_downloads = self.opt.state_downloads
+            self.journal_state("downloaded")
+        now = time.monotonic()
+        if now - self._computed_logged_at >= 1.0:
+            self.journal.write("computed", samples=self.samples_computed, step=self.opt.local_epoch)
+            self._computed_logged_at = now
+        scheduled = self.opt.scheduled_grads
+        if scheduled is not None and scheduled is not self._journaled_round:
+            self.journal.write("round_scheduled", step=self.opt.local_epoch)
+            self._journaled_round = scheduled
+
     def _on_nonfinite_loss(self, value: float) -> None:
         """Skip the batch; if it keeps happening, the local parameters are broken: re-sync from the swarm."""
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
-        if self.nonfinite_total in (1, 10) or self.nonfinite_total % 100 == 0:  # a few readable lines, no flood
-            logger.warning(f"Non-finite loss ({value}) on a local batch: skipped it "
-                           f"({self.nonfinite_total} skipped so far)")
+        self._warn_nonfinite_loss(f"Non-finite loss ({value}) on a local batch: skipped it")
         if self.nonfinite_in_a_row >= NONFINITE_BEFORE_RESYNC:
             logger.warning(f"{self.nonfinite_in_a_row} non-finite losses in a row: downloading the swarm's state")
             self.nonfinite_in_a_row = 0
             self.opt.load_state_from_peers()
+
+    def journal_state(self, reason: str, seconds: Optional[float] = None) -> None:
+        """Record the state this peer now holds (after a download, a resume or a re-sync)."""
+        self.journal.write("state", reason=reason, step=self.opt.local_epoch, seconds=seconds,
+                           optimizer=optimizer_digest(self.opt.state_dict()), **self.probe.read())
 
     def train(self) -> None:
         args = self.args
@@ -196,6 +228,7 @@ class CollaborativeTrainer:
             while self.swarm_step() < args.max_steps:
                 check_stop()
                 loss = self.local_step()
+                self._journal_progress()
                 if loss is not None and self.local_steps % args.logging_steps == 0:
                     logger.info(f"Local step {self.local_steps}: loss {loss:.4f}, global step {self.opt.local_epoch}, "
                                 f"{self.opt.tracker.global_progress.samples_accumulated}/{self.opt.target_batch_size} "
@@ -213,11 +246,12 @@ class CollaborativeTrainer:
         """Agree with the other trainers on one final state (see collab.final_state), then save it."""
         FinalStateAgreement(self.opt, self.args.max_steps, self.args.final_sync_timeout).run(
             save=self.save if self.args.save_steps > 0 else None)
+        self.journal_state("final")
 
     def on_global_step(self) -> None:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""
         step = self.opt.local_epoch
-        group_size = self.opt.grad_averager.pop_latest_group_size() if self.opt.grad_averager else 1
+        group_size, outcome = self.opt.grad_averager.pop_latest_round() if self.opt.grad_averager else (1, "alone")
         metrics = LocalMetrics(
             step=step,
             samples_per_second=float(self.opt.tracker.performance_ema.samples_per_second),
@@ -232,10 +266,17 @@ class CollaborativeTrainer:
                     f"{metrics.samples_per_second:.1f} samples/s")
         if self.reporter is not None:
             self.reporter.report(metrics)
+        self.journal.write("step", **metrics.dict(), round=outcome, skipped_steps=self.step_jump(step),
+                           samples_computed=self.samples_computed, nonfinite_losses=self.nonfinite_total,
+                           nonfinite_gradients=self.opt.nonfinite_gradient_steps, **self.probe.read())
         self._reset_contribution()
         self.reported_epoch = step
         if self.args.save_steps > 0 and step % self.args.save_steps == 0 and step < self.args.max_steps:
             self.save()
+
+    def step_jump(self, step: int) -> int:
+        """Global steps this peer passed over (it was out of sync and downloaded a newer state)."""
+        return max(0, step - self.reported_epoch - 1)
 
     def save(self) -> Path:
         folder = save_checkpoint(
@@ -264,18 +305,6 @@ def find_resume_checkpoint(args: TrainingArguments) -> Optional[Path]:
     return latest_valid_checkpoint(Path(args.output_dir) / "checkpoints")
 
 
-def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [key for key in missing if key not in tied]
-    if missing or unexpected:
-        raise UserError(f"checkpoint {folder} does not fit this model (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}): use the same model preset it was trained with")
-
-
 def run_collaborative_training(
     task: TrainingTask,
     peer: PeerArguments,
@@ -292,6 +321,9 @@ def run_collaborative_training(
     device = resolve_device(args.device)
     if args.fp16 and device.type != "cuda":
         logger.warning("--fp16 needs CUDA: training in fp32 on the CPU")
+    faults = FaultPlan.from_environment()
+    journal = Journal(output_dir / JOURNAL_FILE)
+    journal.write("start", resume_from_checkpoint=args.resume_from_checkpoint)
 
     validators, public_key = make_validators(peer.run_id)
     dht = create_dht(peer, record_validators=validators)
@@ -313,15 +345,16 @@ def run_collaborative_training(
             optimizer.state_averager._update_scheduler()  # hivemind keeps the schedule in step with the epoch
         logger.info(f"Looking for peers to download the latest training state from (local step "
                     f"{optimizer.local_epoch})")
+        started = time.monotonic()
         optimizer.load_state_from_peers()
         logger.info(f"Starting at global step {optimizer.local_epoch}")
 
-        reporter = MetricsReporter(dht, peer.run_id, public_key, task.swarm_config, args.statistics_expiration,
-                                   log_path=output_dir / "published_metrics.jsonl")
+        reporter = MetricsReporter(dht, peer.run_id, public_key, task.swarm_config, args.statistics_expiration)
         batches = infinite_batches(task.dataset, args.per_device_train_batch_size, task.collate_fn,
                                    seed=peer_seed(args.seed, public_key), num_workers=args.dataloader_num_workers)
-        trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter,
-                                       task.compute_loss, save_arguments=all_arguments)
+        trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter, task.compute_loss,
+                                       save_arguments=all_arguments, journal=journal, faults=faults)
+        trainer.journal_state("joined", seconds=time.monotonic() - started)
         trainer.train()
         logger.info(f"Reached global step {optimizer.local_epoch}: done")
     finally:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AlbertForPreTraining
 
 from albert.data import load_pretraining_dataset, make_collator
+from collab.journal import JOURNAL_FILE, read_journal
 from collab.store import read_store
 from collab.swarm import REPO_ROOT, LocalSwarm
 
@@ -107,9 +108,9 @@ def published(root: Path) -> dict[int, dict[str, dict]]:
     """What each trainer says it published, by step and trainer."""
     records: dict[int, dict[str, dict]] = {}
     for i in range(1, NUM_TRAINERS + 1):
-        for line in (root / f"trainer-{i}/published_metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            records.setdefault(record["step"], {})[f"trainer-{i}"] = record
+        for event in read_journal(root / f"trainer-{i}" / JOURNAL_FILE):
+            if event["event"] == "step":
+                records.setdefault(event["step"], {})[f"trainer-{i}"] = event
     return records
 
 

@@ -18,9 +18,9 @@ from collab.arguments import (
     ProgressTrackerArguments,
     TrainingArguments,
 )
-from collab.checkpoints import load_optimizer_state, save_checkpoint
+from collab.checkpoints import load_model_weights, load_optimizer_state, save_checkpoint
 from collab.optimizer import create_optimizer, make_compression
-from collab.training import find_resume_checkpoint, load_model_weights
+from collab.training import find_resume_checkpoint
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 

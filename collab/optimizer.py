@@ -158,6 +158,7 @@ class SwarmOptimizer(hivemind.Optimizer):
     def __init__(self, *args, load_state_attempts: int = 5, load_state_backoff: float = 2.0, **kwargs):
         self.load_state_attempts, self.load_state_backoff = load_state_attempts, load_state_backoff
         self.nonfinite_gradient_steps = self.state_downloads = 0
+        self.discarded_accumulations = 0  # times this peer's accumulated gradients were thrown away
         self._warn_nonfinite = RateLimitedLog(logger)
         super().__init__(*args, **kwargs)
 
@@ -179,8 +180,11 @@ class SwarmOptimizer(hivemind.Optimizer):
                                  "last global step are not sent)")
             self.tracker.report_local_progress(self.local_epoch, samples_accumulated=0)
             self.grad_averager.reset_accumulated_grads_()
-            return False
-        return super()._check_and_accumulate_gradients(batch_size, grad_scaler)
+            valid = False
+        else:
+            valid = super()._check_and_accumulate_gradients(batch_size, grad_scaler)
+        self.discarded_accumulations += not valid
+        return valid
 
     def load_state_from_peers(self, **kwargs) -> bool:
         """Download the newest state, trying again with back-off when donors fail; True if a state arrived.
@@ -202,6 +206,7 @@ class SwarmOptimizer(hivemind.Optimizer):
                 self.state_averager.state_sharing_priority = self.local_epoch
             if self.use_gradient_averaging:
                 self.grad_averager.reset_accumulated_grads_()
+                self.discarded_accumulations += 1
                 if not self.client_mode:
                     self.grad_averager.state_sharing_priority = self.local_epoch
         return loaded

@@ -48,13 +48,13 @@ class LocalSwarm:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.peers: list[PeerProcess] = []
 
-    def start(self, name: str, script: str, args: Sequence[str]) -> PeerProcess:
-        """Start `python <script> <args>` (script relative to the repository root)."""
+    def start(self, name: str, script: str, args: Sequence[str], env: Optional[dict] = None) -> PeerProcess:
+        """Start `python <script> <args>` (script relative to the repository root), with extra `env` if given."""
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "w")
         popen = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / script), *args], stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.env, cwd=REPO_ROOT, start_new_session=True,
+            stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})), cwd=REPO_ROOT, start_new_session=True,
         )
         log_file.close()
         peer = PeerProcess(name, popen, log_path)

@@ -176,12 +176,16 @@ class CollaborativeTrainer:
         self.faults.corrupt_grads(self.model, self.attempted_steps)
         batch_size = self.args.per_device_train_batch_size * len(losses)
         self.samples_computed += batch_size
+        discarded_before = self.opt.discarded_accumulations
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.opt, batch_size=batch_size)  # calls opt.step(..., grad_scaler=...)
             self.grad_scaler.update()
         else:
             self.opt.step(batch_size=batch_size)
         self.local_steps += 1
+        if self.opt.discarded_accumulations != discarded_before:
+            self._reset_contribution()  # hivemind threw the accumulated gradients away (re-sync, bad gradients)
+            return sum(losses) / len(losses)
         self.loss_sum += sum(losses) / len(losses)
         self.mini_steps += 1
         self.samples += batch_size
@@ -283,6 +287,7 @@ class CollaborativeTrainer:
             Path(self.args.output_dir) / "checkpoints", self.opt.local_epoch, _unwrap(self.model),
             self.opt.state_dict(), self.save_arguments, keep_last=self.args.save_total_limit,
         )
+        self.journal.write("checkpoint", step=self.opt.local_epoch, folder=str(folder))
         logger.info(f"Saved checkpoint {folder}")
         return folder
 

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Chaos benchmark: an ALBERT swarm on this machine whose peers are killed (SIGKILL) and restarted at random.
+
+Starts a coordinator, an auxiliary peer and trainers (albert-tiny, built-in corpus, CPU, offline), kills and
+restarts random peers for --duration seconds (some kills timed to land inside averaging rounds, the coordinator
+included), lets one trainer inject non-finite losses and gradients, lets a peer with incompatible settings try to
+join, then restarts the whole swarm from the coordinator's checkpoint after corrupting the newest one. Writes
+the report as JSON, a markdown table and a PNG plot (global step over time with every kill marked).
+
+    python benchmarks/chaos.py --duration 600          # the committed 10-minute run
+    python benchmarks/chaos.py --duration 120 --seed 3 # a quick look
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collab.arguments import parse_arguments
+from collab.chaos import ChaosRun, ChaosSettings, Recipe
+from collab.cli import run_main, setup_logging
+from collab.swarm import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChaosArguments:
+    duration: float = field(default=600.0, metadata=dict(help="Seconds of chaos (kills and restarts)."))
+    num_trainers: int = field(default=3, metadata=dict(help="Trainer processes."))
+    kill_interval_min: float = field(default=20.0, metadata=dict(help="Shortest pause between two kills (s)."))
+    kill_interval_max: float = field(default=40.0, metadata=dict(help="Longest pause between two kills (s)."))
+    round_kill_fraction: float = field(
+        default=0.5, metadata=dict(help="Share of trainer kills timed to land inside a gradient-averaging round."))
+    coordinator_kill_fraction: float = field(default=0.15, metadata=dict(help="Share of kills aimed at the coordinator."))
+    aux_kill_fraction: float = field(default=0.15, metadata=dict(help="Share of kills aimed at the auxiliary peer."))
+    settle: float = field(default=45.0, metadata=dict(help="Seconds without faults before live peers are compared."))
+    faults: str = field(default=ChaosSettings.faulty_trainer_faults,
+                        metadata=dict(help="COLLAB_FAULTS of trainer-1 (see collab/faults.py); empty for none."))
+    seed: int = field(default=0, metadata=dict(help="Seed of the kill schedule."))
+    output_dir: str = field(default="outputs/chaos", metadata=dict(help="Logs, journals, checkpoints of the run."))
+    results_dir: str = field(default="benchmarks/results",
+                             metadata=dict(help="Where chaos.json, chaos.md and chaos.png are written."))
+    target_batch_size: int = field(default=1024, metadata=dict(help="Samples per global step (albert-tiny)."))
+
+
+def albert_recipe(data_dir: Path, target_batch_size: int) -> Recipe:
+    """The demo preset with exact averaging (no compression, so live peers can be compared bit for bit) and
+    averaged LAMB statistics (so a round that missed a peer is repaired at the next one)."""
+    from transformers import AlbertForPreTraining
+
+    common = ["--config", str(REPO_ROOT / "albert/configs/demo.json"), "--dataset_path", str(data_dir),
+              "--run_id", "chaos", "--compression", "none", "--target_batch_size", str(target_batch_size),
+              "--matchmaking_time", "3", "--averaging_timeout", "30", "--load_state_timeout", "30",
+              "--average_opt_statistics", "exp_avg", "exp_avg_sq", "--max_steps", "1000000",
+              "--total_steps", "1000000", "--save_steps", "5", "--logging_steps", "50"]
+    return Recipe(
+        coordinator_script="albert/run_first_peer.py", trainer_script="albert/run_trainer.py",
+        aux_script="albert/run_aux.py", common_args=common,
+        incompatible_args=["--target_batch_size", str(2 * target_batch_size)],
+        load_model=AlbertForPreTraining.from_pretrained,
+    )
+
+
+def markdown_table(report: dict) -> str:
+    rows = [
+        ("chaos duration (s)", report["duration_s"]),
+        ("trainers / aux peer", f"{report['trainers']} / {'yes' if report['aux'] else 'no'}"),
+        ("kills (trainer / aux / coordinator)", f"{report['kills']} ({report['kills_by_role']['trainer']} / "
+         f"{report['kills_by_role']['aux']} / {report['kills_by_role']['coordinator']})"),
+        ("kills timed inside an averaging round", report["kills_inside_rounds"]),
+        ("kills survived (swarm stepped again within the bound)", f"{report['kills_survived']} of {report['kills']}"),
+        ("global steps reached", report["global_steps"]),
+        ("longest wait for the next global step (s)", report["longest_wait_for_a_step_s"]),
+        ("peer incarnations whose step went backwards", report["non_monotone_peers"]),
+        ("trainer rounds averaged / failed / alone", f"{report['rounds_averaged']} / {report['rounds_failed']} / "
+         f"{report['rounds_alone']}"),
+        ("samples wasted", f"{100 * report['wasted_fraction']:.1f}% of {report['samples_computed']}"
+         if report["wasted_fraction"] is not None else "n/a"),
+        ("rejoin: restart to state downloaded, median / p95 (s)",
+         f"{report['rejoin_s_median']} / {report['rejoin_s_p95']}"),
+        ("rejoin: restart to first contribution, median / p95 (s)",
+         f"{report['first_contribution_s_median']} / {report['first_contribution_s_p95']}"),
+        ("parameter divergence between live peers, max / median", f"{_fmt(report['max_divergence'])} / "
+         f"{_fmt(report['median_divergence'])}"),
+        ("parameter divergence after settling", _fmt(report["divergence_after_settling"])),
+        ("checkpoints written / verified on disk", f"{report['checkpoints_written']} / {report['checkpoints_verified']}"),
+        ("corrupted checkpoints found", ", ".join(report["checkpoints_corrupted"]) or "none"),
+        ("non-finite parameters seen", report["nonfinite_values"]),
+        ("injected non-finite losses / gradient steps", f"{report['injected_nonfinite_losses']} / "
+         f"{report['injected_nonfinite_gradients']}"),
+        ("incompatible peer", f"exit {report['incompatible_exit_code']}: {report['incompatible_last_line']}"),
+    ]
+    if "restart_expected_step" in report:
+        rows += [
+            ("whole-swarm restart: skipped corrupted checkpoint", report["restart_skipped_corrupted"]),
+            ("whole-swarm restart: resumed at (expected)", f"{report['restart_joined_steps']} "
+             f"({report['restart_expected_step']})"),
+            ("whole-swarm restart: parameters / optimizer equal to the checkpoint",
+             f"{_fmt(report['restart_probe_distance'])} / {report['restart_optimizer_match']}"),
+        ]
+    return "\n".join(["| measure | value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted((t, int(step)) for step, t in report["step_times"].items())
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw=dict(height_ratios=(3, 1)))
+    top.step([t for t, _ in steps], [s for _, s in steps], where="post", color="black", label="global step")
+    colors = dict(trainer="tab:red", aux="tab:purple", coordinator="tab:orange")
+    for kill in report["kill_log"]:
+        role = kill["victim"].split("-")[0]
+        top.axvline(kill["time"], color=colors[role], linestyle="--" if kill["timed_to_round"] else ":", alpha=0.8)
+    for role, color in colors.items():
+        top.plot([], [], color=color, linestyle=":", label=f"{role} killed")
+    top.plot([], [], color="gray", linestyle="--", label="killed inside a round")
+    phases = report["phases"]
+    for name in ("settle", "restart"):
+        if name in phases:
+            top.axvspan(phases[name], phases.get("end", phases[name]) if name == "restart" else phases["restart"],
+                        color="tab:green" if name == "settle" else "tab:blue", alpha=0.08, label=name)
+    top.set_ylabel("global step")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title("Chaos run: global step while peers are killed and restarted")
+    divergence = sorted((report["step_times"].get(step), value) for step, value in report["divergence_by_step"].items()
+                        if step in report["step_times"])
+    bottom.semilogy([t for t, _ in divergence], [max(v, 1e-12) for _, v in divergence], ".", color="tab:blue")
+    bottom.set_ylabel("max |Δθ| probe")
+    bottom.set_xlabel("seconds since start")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    (args,) = parse_arguments((ChaosArguments,), argv, description=__doc__)
+    from albert.run_demo import prepare_data
+
+    output_dir = Path(args.output_dir).resolve()
+    data_dir = output_dir.parent / "chaos-data"
+    prepare_data(data_dir)
+    settings = ChaosSettings(
+        duration=args.duration, num_trainers=args.num_trainers, seed=args.seed, settle=args.settle,
+        kill_interval=(args.kill_interval_min, args.kill_interval_max), round_kill_fraction=args.round_kill_fraction,
+        coordinator_kill_fraction=args.coordinator_kill_fraction, aux_kill_fraction=args.aux_kill_fraction,
+        faulty_trainer_faults=args.faults,
+    )
+    import shutil
+
+    shutil.rmtree(output_dir, ignore_errors=True)
+    report = ChaosRun(albert_recipe(data_dir, args.target_batch_size), settings, output_dir).run()
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "chaos.json").write_text(json.dumps(report, indent=1))
+    table = markdown_table(report)
+    (results / "chaos.md").write_text(table + "\n")
+    plot(report, results / "chaos.png")
+    print(table)
+    print(f"\nReport: {results / 'chaos.json'}, plot: {results / 'chaos.png'}, logs: {output_dir / 'logs'}")
+
+
+if __name__ == "__main__":
+    run_main(main)

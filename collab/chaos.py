@@ -1,0 +1,413 @@
+"""The chaos harness: a local swarm whose peers are killed with SIGKILL and restarted while it trains.
+
+A run has four phases:
+1. start a coordinator (fixed port and identity, as in production), an auxiliary peer and N trainers;
+2. chaos: every few seconds SIGKILL one peer (a trainer, the aux peer or the coordinator), some kills timed
+   to land inside a gradient-averaging round, and restart it after a short delay; one trainer injects
+   non-finite losses and gradients (collab.faults), and a peer with an incompatible model tries to join;
+3. settle: no faults for a while, then the live trainers must hold identical parameters;
+4. whole-swarm restart: kill everything, corrupt the coordinator's newest checkpoint, restart the coordinator
+   (it must skip the corrupted checkpoint and offer the previous one) and fresh trainers, which must resume
+   at that step with the checkpoint's parameters and optimizer statistics.
+
+Everything is measured from the peers' journals (collab.journal), the coordinator's store and the harness's own
+kill log, and summarised by `build_report`. Run it with `benchmarks/chaos.py`; the test suite runs a short one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from collab.checkpoints import CorruptCheckpointError, list_checkpoints, load_optimizer_state, verify_checkpoint
+from collab.faults import FAULTS_ENV
+from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, read_journal
+from collab.swarm import LocalSwarm, PeerProcess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """How to run one track's swarm: its scripts, the flags every peer shares, and how to load a checkpoint."""
+
+    coordinator_script: str
+    trainer_script: str
+    aux_script: str
+    common_args: list[str]
+    incompatible_args: list[str]  # appended to a trainer's flags: a peer the swarm must refuse
+    load_model: Callable[[Path], torch.nn.Module]  # a checkpoint folder -> the model in it
+
+
+@dataclass
+class ChaosSettings:
+    duration: float = 600.0  # seconds of chaos
+    num_trainers: int = 3
+    aux: bool = True
+    kill_interval: tuple[float, float] = (20.0, 40.0)  # seconds between kills, uniform
+    restart_delay: tuple[float, float] = (2.0, 8.0)  # seconds a killed peer stays down
+    round_kill_fraction: float = 0.5  # share of trainer kills timed to land inside an averaging round
+    coordinator_kill_fraction: float = 0.15
+    aux_kill_fraction: float = 0.15
+    round_window: float = 4.0  # a timed kill lands within this many seconds after a round was scheduled
+    scripted_kills: list[str] = field(default_factory=list)  # first kills, e.g. ["trainer-2@round", "coordinator"]
+    faulty_trainer_faults: str = "nonfinite_loss@40+12,nonfinite_grads@90+2"  # trainer-1's faults ("" for none)
+    checkpoint_interval: int = 3  # coordinator checkpoints every this many global steps
+    settle: float = 45.0  # seconds without faults before the live peers are compared
+    stall_bound: float = 120.0  # a kill the swarm does not recover from within this many seconds is a failure
+    whole_swarm_restart: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Kill:
+    time: float
+    victim: str
+    timed_to_round: bool
+    swarm_step: int
+    restarted_at: Optional[float] = None
+    new_pid: Optional[int] = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ChaosRun:
+    def __init__(self, recipe: Recipe, settings: ChaosSettings, root: Path):
+        self.recipe, self.settings, self.root = recipe, settings, root
+        self.random = random.Random(settings.seed)
+        self.swarm = LocalSwarm(root / "logs")
+        self.port = free_port()
+        self.processes: dict[str, PeerProcess] = {}
+        self.incarnations: dict[str, int] = {}
+        self.kills: list[Kill] = []
+        self.phases: dict[str, float] = {}
+        self.initial_peers: list[str] = []
+        self.incompatible: Optional[PeerProcess] = None
+        self.restart_check: dict = {}
+
+    # ----- peers -----
+    def trainer_names(self) -> list[str]:
+        return [f"trainer-{i}" for i in range(1, self.settings.num_trainers + 1)]
+
+    def start_peer(self, name: str, output_root: Optional[Path] = None) -> PeerProcess:
+        """Start (or restart) one peer under its fixed role and folders."""
+        self.incarnations[name] = self.incarnations.get(name, 0) + 1
+        log_name = f"{name}.{self.incarnations[name]}"
+        common, env = self.recipe.common_args, None
+        if name == "coordinator":
+            args = common + ["--monitor_output_dir", str(self.root / "coordinator"), "--identity_path",
+                             str(self.root / "coordinator.id"), "--host_maddrs", f"/ip4/127.0.0.1/tcp/{self.port}",
+                             "--refresh_period", "1", "--wandb_mode", "offline",
+                             "--save_checkpoint_step_interval", str(self.settings.checkpoint_interval)]
+            process = self.swarm.start(log_name, self.recipe.coordinator_script, args)
+            if not self.initial_peers:
+                line = self.swarm.wait_for_file(self.root / "coordinator/initial_peers.txt", 180, watch=[process])
+                self.initial_peers = line.split()
+        elif name == "aux":
+            process = self.swarm.start(log_name, self.recipe.aux_script, common + self.initial_peers)
+        else:
+            output_dir = (output_root or self.root) / name
+            if name == "trainer-1" and self.settings.faulty_trainer_faults:
+                env = {FAULTS_ENV: self.settings.faulty_trainer_faults}
+            process = self.swarm.start(log_name, self.recipe.trainer_script,
+                                       common + self.initial_peers + ["--output_dir", str(output_dir)], env=env)
+        self.processes[name] = process
+        return process
+
+    def journal(self, name: str, output_root: Optional[Path] = None) -> list[dict]:
+        return read_journal((output_root or self.root) / name / JOURNAL_FILE)
+
+    def swarm_step(self) -> int:
+        """The newest global step any trainer has journaled."""
+        return max((event["step"] for name in self.trainer_names() for event in self.journal(name)
+                    if event["event"] == "step"), default=0)
+
+    # ----- phases -----
+    def run(self) -> dict:
+        started = time.time()
+        self.phases["start"] = started
+        try:
+            with self.swarm:
+                self.start_peer("coordinator")
+                if self.settings.aux:
+                    self.start_peer("aux")
+                for name in self.trainer_names():
+                    self.start_peer(name)
+                self.swarm.wait_until(lambda: self.swarm_step() >= 1, 300, "the first global step",
+                                      watch=[self.processes[name] for name in self.trainer_names()])
+                self.phases["chaos"] = time.time()
+                self.chaos()
+                self.phases["settle"] = time.time()
+                self.sleep(self.settings.settle)
+                self.phases["restart"] = time.time()
+                if self.settings.whole_swarm_restart:
+                    self.whole_swarm_restart()
+                self.phases["end"] = time.time()
+        finally:
+            (self.root / "kills.json").write_text(json.dumps([asdict(kill) for kill in self.kills], indent=1))
+        return build_report(self)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, restarting any peer that died on its own (a crash is a finding: it shows in the report)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for name, process in list(self.processes.items()):
+                if not process.alive and name != "incompatible":
+                    logger.warning(f"{name} exited on its own (code {process.popen.returncode}); restarting it")
+                    self.kills.append(Kill(time.time(), name, False, self.swarm_step(), time.time()))
+                    self.kills[-1].new_pid = self.start_peer(name).popen.pid
+            time.sleep(0.5)
+
+    def chaos(self) -> None:
+        deadline = time.monotonic() + self.settings.duration
+        script = list(self.settings.scripted_kills)
+        while True:
+            pause = self.random.uniform(*self.settings.kill_interval)
+            if time.monotonic() + pause > deadline:
+                break
+            self.sleep(pause)
+            if self.incompatible is None and self.kills:
+                self.incompatible = self.swarm.start(
+                    "incompatible", self.recipe.trainer_script,
+                    self.recipe.common_args + self.initial_peers + self.recipe.incompatible_args
+                    + ["--output_dir", str(self.root / "incompatible")])
+            victim, timed = self.pick_victim(script.pop(0) if script else None)
+            self.kill(victim, timed)
+        self.sleep(max(0.0, deadline - time.monotonic()))
+
+    def pick_victim(self, scripted: Optional[str]) -> tuple[str, bool]:
+        if scripted is not None:
+            name, _, when = scripted.partition("@")
+            return name, when == "round"
+        draw = self.random.random()
+        if draw < self.settings.coordinator_kill_fraction:
+            return "coordinator", False
+        if self.settings.aux and draw < self.settings.coordinator_kill_fraction + self.settings.aux_kill_fraction:
+            return "aux", False
+        return self.random.choice(self.trainer_names()), self.random.random() < self.settings.round_kill_fraction
+
+    def kill(self, name: str, timed_to_round: bool) -> None:
+        if timed_to_round:
+            timed_to_round = self.wait_for_round(name)
+        kill = Kill(time.time(), name, timed_to_round, self.swarm_step())
+        logger.info(f"Killing {name} (SIGKILL{', inside an averaging round' if timed_to_round else ''}) "
+                    f"at global step {kill.swarm_step}")
+        self.swarm.kill(self.processes[name])
+        self.kills.append(kill)
+        self.sleep(self.random.uniform(*self.settings.restart_delay))
+        kill.restarted_at = time.time()
+        kill.new_pid = self.start_peer(name).popen.pid
+
+    def wait_for_round(self, name: str, timeout: float = 60.0) -> bool:
+        """Wait until the trainer has scheduled a gradient round it has not finished, then a random moment more."""
+        deadline = time.monotonic() + timeout
+        pid = self.processes[name].popen.pid
+        while time.monotonic() < deadline:
+            events = [event for event in self.journal(name) if event["pid"] == pid]
+            scheduled = [e["time"] for e in events if e["event"] == "round_scheduled"]
+            finished = [e["time"] for e in events if e["event"] == "step"]
+            if scheduled and (not finished or scheduled[-1] > finished[-1]):
+                time.sleep(self.random.uniform(0.0, self.settings.round_window))
+                return True
+            time.sleep(0.1)
+        return False
+
+    def whole_swarm_restart(self) -> None:
+        """Kill every peer, corrupt the newest coordinator checkpoint, restart from the coordinator's checkpoint."""
+        check = self.restart_check
+        folder = self.root / "coordinator/checkpoints"
+        self.swarm.wait_until(lambda: len(list_checkpoints(folder)) >= 2, 180, "two coordinator checkpoints")
+        for process in self.processes.values():
+            self.swarm.kill(process)
+        newest, previous = list_checkpoints(folder)[-2:][::-1]
+        weights = newest / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a torn write
+        check.update(corrupted=newest.name, expected_step=int(previous.name.split("-")[1]))
+        model = self.recipe.load_model(previous)
+        check["expected_probe"] = ParameterProbe(model).read()["probe"]
+        state = load_optimizer_state(previous)
+        state["state"].pop("local_epoch", None)
+        check["expected_optimizer"] = optimizer_digest(state)
+
+        restart_root = self.root / "restart"
+        self.processes = {}
+        coordinator = self.start_peer("coordinator")
+        if self.settings.aux:
+            self.start_peer("aux")
+        trainers = [self.start_peer(name, output_root=restart_root) for name in self.trainer_names()]
+        joined = lambda: all(any(e["event"] == "state" and e["reason"] == "joined" for e in self.journal(n, restart_root))
+                             for n in self.trainer_names())
+        self.swarm.wait_until(joined, 300, "restarted trainers to join", watch=[coordinator, *trainers])
+        check["joined"] = {name: next(e for e in self.journal(name, restart_root)
+                                      if e["event"] == "state" and e["reason"] == "joined")
+                           for name in self.trainer_names()}
+        target = check["expected_step"] + 2
+        progressed = lambda: max((e["step"] for n in self.trainer_names() for e in self.journal(n, restart_root)
+                                  if e["event"] == "step"), default=0) >= target
+        self.swarm.wait_until(progressed, 300, f"global step {target} after the restart", watch=trainers)
+        check["resumed_steps"] = sorted({e["step"] for n in self.trainer_names() for e in self.journal(n, restart_root)
+                                         if e["event"] == "step"})
+        check["coordinator_log"] = coordinator.log_text()
+
+
+# ----- the report -----
+
+def _percentile(values: list[float], q: float) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def build_report(run: ChaosRun) -> dict:
+    names, phases = run.trainer_names(), run.phases
+    events = [dict(event, peer=name) for name in names for event in run.journal(name)]
+    steps = [event for event in events if event["event"] == "step"]
+    chaos_end = phases.get("settle", time.time())
+
+    # global progress: when each global step was first reached, and the longest wait for the next one
+    first_reached: dict[int, float] = {}
+    for event in sorted(steps, key=lambda e: e["time"]):
+        first_reached.setdefault(event["step"], event["time"])
+    times = sorted(t for t in first_reached.values() if phases.get("chaos", 0) <= t <= chaos_end)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+
+    # every peer incarnation's steps must rise
+    by_pid: dict[int, list[int]] = {}
+    for event in steps:
+        by_pid.setdefault(event["pid"], []).append(event["step"])
+    non_monotone = sum(any(b <= a for a, b in zip(seq, seq[1:])) for seq in by_pid.values())
+
+    # kills: survived if the swarm reached a newer global step within the stall bound
+    survived = sum(any(kill.time < t <= kill.time + run.settings.stall_bound for t in first_reached.values())
+                   for kill in run.kills)
+
+    # samples: computed by every incarnation (its last journaled count) versus contributed to global steps
+    computed: dict[int, int] = {}
+    for event in events:
+        count = event.get("samples_computed", event.get("samples") if event["event"] == "computed" else None)
+        if count is not None:
+            computed[event["pid"]] = max(computed.get(event["pid"], 0), count)
+    used = sum(event["samples_accumulated"] for event in steps)
+    total = sum(computed.values())
+
+    # rejoin times of restarted trainers: process start -> state downloaded, and -> first contribution
+    rejoin, first_contribution = [], []
+    for kill in run.kills:
+        if kill.new_pid is None or not kill.victim.startswith("trainer"):
+            continue
+        own = [event for event in events if event["pid"] == kill.new_pid]
+        joined = next((e["time"] for e in own if e["event"] == "state" and e["reason"] == "joined"), None)
+        stepped = next((e["time"] for e in own if e["event"] == "step"), None)
+        if joined is not None:
+            rejoin.append(joined - kill.restarted_at)
+        if stepped is not None:
+            first_contribution.append(stepped - kill.restarted_at)
+
+    # divergence: the probes of different peers at the same global step
+    divergence: dict[int, float] = {}
+    for step in sorted({event["step"] for event in steps}):
+        probes = [torch.tensor(e["probe"], dtype=torch.float64) for e in steps if e["step"] == step]
+        if len(probes) >= 2:
+            stacked = torch.stack(probes)
+            divergence[step] = float((stacked.max(0).values - stacked.min(0).values).max())
+    settled = [step for step, t in first_reached.items() if phases.get("settle", 0) + run.settings.settle / 2 <= t
+               <= phases.get("restart", time.time()) and step in divergence]
+
+    # checkpoints: every folder left on disk must verify, except the one corrupted on purpose
+    folders = [folder for root in [run.root / "coordinator/checkpoints", *(run.root.glob("**/checkpoints"))]
+               for folder in list_checkpoints(root)]
+    verified, corrupted = 0, []
+    for folder in dict.fromkeys(folders):
+        try:
+            verify_checkpoint(folder)
+            verified += 1
+        except CorruptCheckpointError:
+            corrupted.append(str(folder.relative_to(run.root)))
+    nonfinite = sum(not event.get("finite", True) for event in events if "finite" in event)
+    nonfinite += sum(any(v != v or abs(v) == float("inf") for v in event["probe"]) for event in events
+                     if "probe" in event)
+
+    incompatible = run.incompatible
+    outcomes = [event["round"] for event in steps]
+    report = dict(
+        trainers=len(names), aux=run.settings.aux, duration_s=round(chaos_end - phases.get("chaos", chaos_end), 1),
+        kills=len(run.kills), kills_by_role={role: sum(k.victim.split("-")[0] == role for k in run.kills)
+                                             for role in ("trainer", "aux", "coordinator")},
+        kills_inside_rounds=sum(kill.timed_to_round for kill in run.kills), kills_survived=survived,
+        global_steps=max(first_reached, default=0),
+        longest_wait_for_a_step_s=round(max(gaps, default=0.0), 1),
+        non_monotone_peers=non_monotone,
+        rounds_averaged=outcomes.count("averaged"), rounds_failed=outcomes.count("failed"),
+        rounds_alone=outcomes.count("alone"),
+        samples_computed=total, samples_in_global_steps=used,
+        wasted_fraction=round(1 - used / total, 4) if total else None,
+        rejoin_s_median=_round(statistics.median(rejoin) if rejoin else None),
+        rejoin_s_p95=_round(_percentile(rejoin, 0.95)),
+        first_contribution_s_median=_round(statistics.median(first_contribution) if first_contribution else None),
+        first_contribution_s_p95=_round(_percentile(first_contribution, 0.95)),
+        max_divergence=max(divergence.values(), default=None),
+        median_divergence=statistics.median(divergence.values()) if divergence else None,
+        divergence_after_settling=max((divergence[step] for step in settled), default=None),
+        settled_steps_compared=len(settled),
+        checkpoints_written=sum(event["event"] == "checkpoint" for event in events)
+        + len(_coordinator_checkpoints(run.root)),
+        checkpoints_verified=verified, checkpoints_corrupted=corrupted,
+        nonfinite_values=nonfinite,
+        injected_nonfinite_losses=max((e.get("nonfinite_losses", 0) for e in steps), default=0),
+        injected_nonfinite_gradients=max((e.get("nonfinite_gradients", 0) for e in steps), default=0),
+        incompatible_exit_code=None if incompatible is None else incompatible.popen.poll(),
+        incompatible_last_line=None if incompatible is None else (incompatible.log_tail(1) or None),
+    )
+    check = run.restart_check
+    if check:
+        joined = check["joined"]
+        report.update(
+            restart_corrupted_checkpoint=check["corrupted"],
+            restart_expected_step=check["expected_step"],
+            restart_joined_steps=sorted(event["step"] for event in joined.values()),
+            restart_probe_distance=max(_probe_gap(event["probe"], check["expected_probe"])
+                                       for event in joined.values() if event["step"] == check["expected_step"])
+            if any(event["step"] == check["expected_step"] for event in joined.values()) else None,
+            restart_optimizer_match=all(_digests_match(event["optimizer"], check["expected_optimizer"])
+                                        for event in joined.values() if event["step"] == check["expected_step"]),
+            restart_skipped_corrupted="Skipping corrupted checkpoint" in check["coordinator_log"],
+            restart_resumed_steps=check["resumed_steps"],
+        )
+    report["divergence_by_step"] = {str(step): value for step, value in divergence.items()}
+    report["step_times"] = {str(step): round(t - phases["start"], 2) for step, t in sorted(first_reached.items())}
+    report["kill_log"] = [dict(asdict(kill), time=round(kill.time - phases["start"], 2)) for kill in run.kills]
+    report["phases"] = {name: round(t - phases["start"], 1) for name, t in phases.items()}
+    return report
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
+
+
+def _probe_gap(first: list[float], second: list[float]) -> float:
+    return max(abs(a - b) for a, b in zip(first, second))
+
+
+def _digests_match(first: dict, second: dict, rtol: float = 1e-6) -> bool:
+    return first.keys() == second.keys() and all(
+        abs(first[key] - second[key]) <= rtol * max(1.0, abs(second[key])) for key in first)
+
+
+def _coordinator_checkpoints(root: Path) -> list[dict]:
+    from collab.store import read_store
+
+    store = root / "coordinator/metrics.sqlite"
+    return read_store(store)["checkpoints"] if store.exists() else []

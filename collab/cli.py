@@ -103,7 +103,7 @@ class RateLimitedLog:
     def __call__(self, message: str) -> None:
         self.count += 1
         if self.count in (1, 10) or self.count % 100 == 0:
-            self.logger.log(self.level, f"{message} ({self.count} so far)")
+            self.logger.log(self.level, f"{message} ({self.count} so far)", stacklevel=2)
 
 
 _MAIN_PID = None

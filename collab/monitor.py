@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ class WandbLogger:
 
             directory.mkdir(parents=True, exist_ok=True)
             id_file = directory / self.RUN_ID_FILE
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id)
             self.run = wandb.init(project=project, config=config, mode=mode, dir=str(directory), id=run_id,
                                   resume="allow")

@@ -256,6 +256,10 @@ class CollaborativeTrainer:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""
         step = self.opt.local_epoch
         group_size, outcome = self.opt.grad_averager.pop_latest_round() if self.opt.grad_averager else (1, "alone")
+        if self.mini_steps == 0:  # it reached this step by downloading the state: nothing of its own to report
+            logger.info(f"Global step {step}: reached by downloading the swarm's state")
+            self.reported_epoch = step
+            return
         metrics = LocalMetrics(
             step=step,
             samples_per_second=float(self.opt.tracker.performance_ema.samples_per_second),

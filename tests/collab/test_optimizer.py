@@ -2,12 +2,15 @@
 averages (values checked, not log lines), and a local checkpoint restores weights, step and schedule."""
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
 import hivemind
 import pytest
 import torch
+from hivemind.utils import get_dht_time
 
 from albert.model import make_optimizer_factory, make_scheduler_factory
 from collab.arguments import (
@@ -19,7 +22,7 @@ from collab.arguments import (
     TrainingArguments,
 )
 from collab.checkpoints import load_model_weights, load_optimizer_state, save_checkpoint
-from collab.optimizer import create_optimizer, make_compression
+from collab.optimizer import create_optimizer, make_compression, skip_nonfinite_updates
 from collab.training import find_resume_checkpoint
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -140,3 +143,87 @@ def test_every_compression_really_averages(name):
             averager.shutdown()
         second.shutdown()
         first.shutdown()
+
+
+def test_nonfinite_averaged_gradient_skips_the_update():
+    model = TinyModel()
+    optimizer = skip_nonfinite_updates(make_optimizer_factory(TrainingArguments(learning_rate=0.1))(model.parameters()))
+    make_scheduler_factory(TrainingArguments(warmup_steps=0))(optimizer)  # schedulers re-wrap step(): must still work
+    before = [param.detach().clone() for param in model.parameters()]
+    for param in model.parameters():
+        param.grad = torch.full_like(param, float("nan"))
+    optimizer.step()
+    assert all(torch.equal(param, old) for param, old in zip(model.parameters(), before))
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    assert not all(torch.equal(param, old) for param, old in zip(model.parameters(), before))
+
+
+def test_nonfinite_local_gradients_are_dropped_not_accumulated(dht):
+    model = TinyModel()
+    opt = build(dht, model, TrainingArguments())
+    try:
+        model.linear.weight.grad = torch.full_like(model.linear.weight, float("nan"))
+        model.linear.bias.grad = torch.ones_like(model.linear.bias)
+        opt.step(batch_size=4)
+        assert opt.nonfinite_gradient_steps == 1 and opt.discarded_accumulations == 1
+        assert opt.grad_averager.local_samples_accumulated == 0
+        assert all(torch.count_nonzero(param.grad) == 0 for param in model.parameters())
+        model.linear.weight.grad = torch.ones_like(model.linear.weight)
+        opt.step(batch_size=4)
+        assert opt.grad_averager.local_samples_accumulated == 4 and opt.discarded_accumulations == 1
+    finally:
+        opt.shutdown()
+
+
+def test_state_download_passes_over_a_vanished_donor_and_gives_up_in_bounded_time(caplog):
+    """A killed peer's state offer lingers in the DHT: the joiner must move on to a live donor, and with no live
+    donor left it must stop after --load_state_attempts with a few readable lines."""
+    joiner_dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK)
+    donor_dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=joiner_dht.get_visible_maddrs())
+    vanished_dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=joiner_dht.get_visible_maddrs())
+    vanished_id = vanished_dht.peer_id.to_bytes()
+    vanished_dht.shutdown()
+    args = TrainingArguments(learning_rate=0.1, warmup_steps=1)
+    donor_model, joiner_model = TinyModel(), TinyModel()
+    donor = build(donor_dht, donor_model, args)
+    joiner = build(joiner_dht, joiner_model, args, load_state_attempts=3)
+    joiner.load_state_backoff = 0.2
+    try:
+        for _ in range(3):
+            for param in donor_model.parameters():
+                param.grad = torch.ones_like(param)
+            donor.state_averager.step(increment_epoch=True, optimizer_step=True)
+        donor.state_averager.state_sharing_priority = donor.local_epoch
+        offers_key = f"{joiner.state_averager.prefix}.all_averagers"
+        joiner_dht.store(offers_key, subkey=vanished_id, value=100.0,  # the highest priority: tried first
+                         expiration_time=get_dht_time() + 120)
+        time.sleep(2)  # the donor's offer reaches the DHT
+        started = time.monotonic()
+        assert joiner.load_state_from_peers() is True
+        assert time.monotonic() - started < 30
+        assert joiner.local_epoch == 3
+        for mine, theirs in zip(joiner_model.parameters(), donor_model.parameters()):
+            assert torch.equal(mine, theirs)
+
+        donor.shutdown()
+        donor_dht.shutdown()
+        joiner_dht.store(offers_key, subkey=donor_dht.peer_id.to_bytes(), value=3.0,
+                         expiration_time=get_dht_time() + 120)  # as if it had been killed
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="collab.optimizer"):
+            started = time.monotonic()
+            assert joiner.load_state_from_peers() is False
+            elapsed = time.monotonic() - started
+        messages = [record.getMessage() for record in caplog.records if record.name == "collab.optimizer"]
+        assert sum("attempt" in message and "failed" in message for message in messages) == 2, messages
+        assert sum("Could not download the training state in 3 attempts" in message for message in messages) == 1
+        assert elapsed < 60, elapsed
+        assert joiner.local_epoch == 3  # kept its state
+    finally:
+        joiner.shutdown()
+        if donor_dht.is_alive():
+            donor.shutdown()
+            donor_dht.shutdown()
+        joiner_dht.shutdown()

@@ -22,7 +22,7 @@ from collab.cli import check_stop, run_main, setup_logging
 from collab.errors import UserError
 from collab.metrics import make_validators
 from collab.optimizer import create_optimizer
-from collab.peer import create_dht, require_initial_peers
+from collab.peer import InitialPeerReconnector, create_dht, require_initial_peers
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         logger.info(f"Auxiliary peer ready: helping averaging rounds until global step {training.max_steps}")
         last_epoch = optimizer.local_epoch
+        reconnector = InitialPeerReconnector(dht, peer.initial_peers)
         while max(optimizer.local_epoch, optimizer.tracker.global_epoch) < training.max_steps:
             check_stop()
+            reconnector.maybe_reconnect()
             optimizer.step()  # joins the round when the swarm is ready; otherwise returns at once
             if optimizer.local_epoch != last_epoch:
                 last_epoch = optimizer.local_epoch

@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     dht = create_dht(peer, record_validators=validators)
     store = wandb_logger = checkpointer = None
     try:
-        announce_initial_peers(dht, save_to=output_dir / "initial_peers.txt")
         store = MetricsStore(output_dir / "metrics.sqlite")
         wandb_logger = WandbLogger(monitor_args.wandb_project or peer.run_id, all_arguments, monitor_args.wandb_mode,
                                    output_dir)
@@ -65,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                 collab.load_state_timeout,
             )
             checkpointer.resume()
+        # announced last: once the line is printed (and the file written), this peer is ready for others
+        announce_initial_peers(dht, save_to=output_dir / "initial_peers.txt")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())

@@ -87,6 +87,11 @@ def markdown_table(report: dict) -> str:
          f"{report['rounds_alone']}"),
         ("samples wasted", f"{100 * report['wasted_fraction']:.1f}% of {report['samples_computed']}"
          if report["wasted_fraction"] is not None else "n/a"),
+        ("trainer restarts: rejoined / expected to (not refused, not killed again first)",
+         f"{report['trainer_restarts_rejoined']} / {report['trainer_restarts_expected_to_rejoin']} "
+         f"(of {report['trainer_restarts']})"),
+        ("starts refused while the coordinator was down (one-line error, restarted)",
+         report["starts_refused_while_coordinator_down"]),
         ("rejoin: restart to state downloaded, median / p95 (s)",
          f"{report['rejoin_s_median']} / {report['rejoin_s_p95']}"),
         ("rejoin: restart to first contribution, median / p95 (s)",

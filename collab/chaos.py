@@ -42,6 +42,8 @@ from collab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 
+UNREACHABLE = "could not reach any of --initial_peers"  # collab.peer's one-line error
+
 
 @dataclass
 class Recipe:
@@ -108,6 +110,8 @@ class ChaosRun:
         self.incompatible: Optional[PeerProcess] = None
         self.restart_check: dict = {}
         self.crashes: list[dict] = []
+        self.restarts: list[dict] = []  # every trainer start after its first: peer, pid, time
+        self.unreachable_starts = 0  # peers that exited at start, one-line error, because no initial peer answered
         self.finished: dict[str, dict] = {}  # output root -> trainer -> exit code and log
         self.output_roots: dict[str, Path] = {}  # where each trainer writes (changes for the restart phase)
 
@@ -140,6 +144,8 @@ class ChaosRun:
             process = self.swarm.start(log_name, self.recipe.trainer_script,
                                        common + self.initial_peers + ["--output_dir", str(output_dir)], env=env)
         self.processes[name] = process
+        if name.startswith("trainer") and output_root is None and self.incarnations[name] > 1:
+            self.restarts.append(dict(peer=name, pid=process.popen.pid, time=time.time()))
         return process
 
     def journal(self, name: str, output_root: Optional[Path] = None) -> list[dict]:
@@ -160,6 +166,10 @@ class ChaosRun:
                     self.start_peer("aux")
                 for name in self.trainer_names():
                     self.start_peer(name)
+                self.incompatible = self.swarm.start(
+                    "incompatible", self.recipe.trainer_script,
+                    self.recipe.common_args + self.initial_peers + self.recipe.incompatible_args
+                    + ["--output_dir", str(self.root / "incompatible")])
                 self.swarm.wait_until(lambda: self.swarm_step() >= 1, 300, "the first global step",
                                       watch=[self.processes[name] for name in self.trainer_names()])
                 self.phases["chaos"] = time.time()
@@ -172,7 +182,9 @@ class ChaosRun:
                 self.phases["end"] = time.time()
         finally:
             (self.root / "kills.json").write_text(json.dumps([asdict(kill) for kill in self.kills], indent=1))
-        return build_report(self)
+        report = build_report(self)
+        (self.root / "report.json").write_text(json.dumps(report, indent=1))
+        return report
 
     def trainers_running(self) -> bool:
         return any(self.processes[name].alive for name in self.trainer_names() if name in self.processes)
@@ -183,9 +195,15 @@ class ChaosRun:
         while time.monotonic() < deadline and not until():
             for name, process in list(self.processes.items()):
                 if not process.alive and process.popen.returncode != 0:
-                    logger.warning(f"{name} exited on its own (code {process.popen.returncode}); restarting it")
-                    self.crashes.append(dict(peer=name, code=process.popen.returncode, time=time.time(),
-                                             log=str(process.log_path)))
+                    last_line = process.log_tail(1)
+                    if UNREACHABLE in last_line:  # it started while the coordinator was down: as designed
+                        self.unreachable_starts += 1
+                        for restart in self.restarts:
+                            restart["refused"] = restart.get("refused") or restart["pid"] == process.popen.pid
+                    else:
+                        logger.warning(f"{name} exited on its own (code {process.popen.returncode}); restarting it")
+                        self.crashes.append(dict(peer=name, code=process.popen.returncode, time=time.time(),
+                                                 log=str(process.log_path), last_line=last_line))
                     self.start_peer(name, self.output_roots.get(name))
             time.sleep(0.5)
 
@@ -204,16 +222,13 @@ class ChaosRun:
         deadline = time.monotonic() + self.settings.duration
         last_step = self.settings.max_steps - self.settings.settle_steps
         script = list(self.settings.scripted_kills)
+        # before any kill, so that the refusal can only be about its settings
+        self.swarm.wait_until(lambda: not self.incompatible.alive, 180, "the incompatible peer to be refused")
         while time.monotonic() < deadline and self.swarm_step() < last_step:
             self.sleep(self.random.uniform(*self.settings.kill_interval),
                        until=lambda: self.swarm_step() >= last_step)
             if self.swarm_step() >= last_step or time.monotonic() >= deadline:
                 break
-            if self.incompatible is None and self.kills:
-                self.incompatible = self.swarm.start(
-                    "incompatible", self.recipe.trainer_script,
-                    self.recipe.common_args + self.initial_peers + self.recipe.incompatible_args
-                    + ["--output_dir", str(self.root / "incompatible")])
             victim, timed = self.pick_victim(script.pop(0) if script else None)
             if timed and not self.wait_for_round(victim, give_up=lambda: self.swarm_step() >= last_step):
                 continue  # no round came in time, or the run is about to end: no kill this time
@@ -333,17 +348,18 @@ def build_report(run: ChaosRun) -> dict:
     total = sum(computed.values())
 
     # rejoin times of restarted trainers: process start -> state downloaded, and -> first contribution
-    rejoin, first_contribution = [], []
-    for kill in run.kills:
-        if kill.new_pid is None or not kill.victim.startswith("trainer"):
-            continue
-        own = [event for event in events if event["pid"] == kill.new_pid]
-        joined = next((e["time"] for e in own if e["event"] == "state" and e["reason"] == "joined"), None)
+    rejoin, first_contribution, awaited = [], [], 0
+    for restart in run.restarts:
+        superseded = any(other["peer"] == restart["peer"] and other["time"] > restart["time"]
+                         for other in run.restarts)
+        own = [event for event in events if event["pid"] == restart["pid"]]
+        joined_at = next((e["time"] for e in own if e["event"] == "state" and e["reason"] == "joined"), None)
+        awaited += not restart.get("refused") and (joined_at is not None or not superseded)
         stepped = next((e["time"] for e in own if e["event"] == "step"), None)
-        if joined is not None:
-            rejoin.append(joined - kill.restarted_at)
+        if joined_at is not None:
+            rejoin.append(joined_at - restart["time"])
         if stepped is not None:
-            first_contribution.append(stepped - kill.restarted_at)
+            first_contribution.append(stepped - restart["time"])
 
     # divergence: the probes of different peers at the same global step
     divergence: dict[int, float] = {}
@@ -387,6 +403,8 @@ def build_report(run: ChaosRun) -> dict:
         rounds_alone=outcomes.count("alone"),
         samples_computed=total, samples_in_global_steps=used,
         wasted_fraction=round(1 - used / total, 4) if total else None,
+        trainer_restarts=len(run.restarts), trainer_restarts_rejoined=len(rejoin),
+        trainer_restarts_expected_to_rejoin=awaited,  # not refused at start, not killed again before joining
         rejoin_s_median=_round(statistics.median(rejoin) if rejoin else None),
         rejoin_s_p95=_round(_percentile(rejoin, 0.95)),
         first_contribution_s_median=_round(statistics.median(first_contribution) if first_contribution else None),
@@ -395,6 +413,7 @@ def build_report(run: ChaosRun) -> dict:
         median_divergence=statistics.median(divergence.values()) if divergence else None,
         final_states=_final_states(run, run.root, run.settings.max_steps),
         crashes=run.crashes,
+        starts_refused_while_coordinator_down=run.unreachable_starts,
         steps_while_coordinator_down=steps_while_down,
         coordinator_steps_recorded=len(recorded["global_steps"]),
         coordinator_steps_recorded_after_restart=None if back is None else sum(

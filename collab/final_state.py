@@ -5,7 +5,8 @@ at the last step. So the run ends with a small agreement built on hivemind's own
 
 1. every finished peer offers its state with a state-sharing priority above any step number, plus a
    tie-break derived from its peer ID that every peer computes the same way;
-2. it waits until the progress records of all trainers show the last step;
+2. it waits until the progress records of all trainers show the last step, and until every trainer that can
+   offer (all but client-mode ones) has offered;
 3. all but the top-priority peer download the top peer's state (hivemind downloads from the highest
    priority first) and record in the DHT that they did; client-mode peers cannot offer, but take it too;
 4. the top peer keeps serving until every trainer has recorded it, bounded by --final_sync_timeout.
@@ -37,9 +38,14 @@ class FinalStateAgreement:
         if not self.opt.client_mode:
             self.opt.state_averager.state_sharing_priority = self.offer_priority()
         deadline = time.monotonic() + self.timeout
-        self._wait(lambda: all(epoch >= self.max_steps for epoch in self._trainer_epochs()), deadline,
+        self._wait(lambda: all(record["epoch"] >= self.max_steps for record in self._trainer_records()), deadline,
                    "for all trainers to finish the last step")
-        trainers = len(self._trainer_epochs())
+        records = self._trainer_records()
+        trainers, offering = len(records), sum(not record["client_mode"] for record in records)
+        # a peer that finished last may not have offered yet: choosing without it would split the swarm (seen in the
+        # chaos test). Once anyone has taken the chosen state, the choice is made: the top peer keeps offering.
+        self._wait(lambda: len(self._offers()) >= offering or self._count_taken() > 0, deadline,
+                   f"for all {offering} finished trainers' offers")
         time.sleep(OFFER_PROPAGATION_S)
         offers = self._offers()
         top_peer = max(offers, key=offers.get) if offers else None
@@ -69,12 +75,14 @@ class FinalStateAgreement:
             offers[self.own_id] = own
         return offers
 
-    def _trainer_epochs(self) -> list[int]:
-        """Epochs in the live progress records of this run's trainers (hivemind.optim.ProgressTracker's)."""
+    def _trainer_records(self) -> list[dict]:
+        """Epoch and client mode from the live progress records of this run's trainers (hivemind's ProgressTracker;
+        auxiliary peers publish none)."""
         found = self.opt.dht.get(self.opt.tracker.training_progress_key, latest=True)
         if found is None or not isinstance(found.value, dict):
             return []
-        return [entry.value["epoch"] for entry in found.value.values()
+        return [dict(epoch=entry.value["epoch"], client_mode=bool(entry.value.get("client_mode")))
+                for entry in found.value.values()
                 if isinstance(entry.value, dict) and isinstance(entry.value.get("epoch"), int)]
 
     def _taken_key(self) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
+from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
@@ -72,6 +75,34 @@ def create_dht(
         if "Daemon failed to start" in message:
             raise UserError(f"the libp2p daemon did not start ({message}); try a larger --startup_timeout") from None
         raise
+
+
+class InitialPeerReconnector:
+    """Every `period` seconds, dial the --initial_peers again and put them back in the DHT's routing table.
+
+    A DHT node drops peers that stop answering. If the coordinator (often the only initial peer) is down long
+    enough while the other peers this node knew are restarted under new IDs, the node ends up knowing nobody
+    alive and trains alone for good (seen in a chaos run on a GPU machine after two coordinator restarts).
+    Pinging the initial peers again heals that as soon as the coordinator is back; otherwise it costs one ping.
+    """
+
+    def __init__(self, dht: hivemind.DHT, initial_peers: Sequence[str], period: float = 10.0):
+        self.dht, self.initial_peers, self.period, self.last = dht, list(initial_peers), period, time.monotonic()
+
+    def maybe_reconnect(self) -> None:
+        if self.initial_peers and time.monotonic() - self.last >= self.period:
+            self.last = time.monotonic()  # runs inside the DHT process, in the background; failures are routine
+            self.dht.run_coroutine(partial(_reconnect, initial_peers=self.initial_peers), return_future=True)
+
+
+async def _reconnect(_dht: hivemind.DHT, node, initial_peers: Sequence[str]) -> None:
+    for maddr in initial_peers:
+        address, peer_id = maddr.rsplit("/p2p/", 1)
+        try:
+            await node.p2p._client.connect(PeerID.from_base58(peer_id), [Multiaddr(address)])
+            await node.protocol.call_ping(PeerID.from_base58(peer_id))
+        except Exception as e:
+            logger.debug(f"Initial peer {peer_id} is still unreachable: {e!r}")
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:

@@ -45,7 +45,7 @@ from collab.final_state import FinalStateAgreement
 from collab.journal import JOURNAL_FILE, Journal, ParameterProbe, optimizer_digest
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
 from collab.optimizer import OptimizerFactory, SchedulerFactory, SwarmOptimizer, create_optimizer
-from collab.peer import check_swarm_config, create_dht, declare_swarm_config
+from collab.peer import InitialPeerReconnector, check_swarm_config, create_dht, declare_swarm_config
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,12 @@ class CollaborativeTrainer:
         save_arguments: Optional[dict] = None,
         journal: Optional[Journal] = None,
         faults: Optional[FaultPlan] = None,
+        reconnector: Optional[InitialPeerReconnector] = None,
     ):
         self.model, self.opt, self.batches, self.args, self.device = model, optimizer, batches, args, device
         self.reporter, self.compute_loss, self.save_arguments = reporter, compute_loss, save_arguments or {}
         self.journal, self.faults = journal or Journal(None), faults or FaultPlan()
+        self.reconnector = reconnector
         self.probe = ParameterProbe(_unwrap(model))
         self.use_amp = args.fp16 and device.type == "cuda"
         self.grad_scaler = hivemind.GradScaler() if self.use_amp else None
@@ -233,6 +235,8 @@ class CollaborativeTrainer:
                 check_stop()
                 loss = self.local_step()
                 self._journal_progress()
+                if self.reconnector is not None:
+                    self.reconnector.maybe_reconnect()
                 if loss is not None and self.local_steps % args.logging_steps == 0:
                     logger.info(f"Local step {self.local_steps}: loss {loss:.4f}, global step {self.opt.local_epoch}, "
                                 f"{self.opt.tracker.global_progress.samples_accumulated}/{self.opt.target_batch_size} "
@@ -274,17 +278,12 @@ class CollaborativeTrainer:
                     f"{metrics.samples_per_second:.1f} samples/s")
         if self.reporter is not None:
             self.reporter.report(metrics)
-        self.journal.write("step", **metrics.dict(), round=outcome, skipped_steps=self.step_jump(step),
-                           samples_computed=self.samples_computed, nonfinite_losses=self.nonfinite_total,
+        self.journal.write("step", **metrics.dict(), round=outcome, samples_computed=self.samples_computed, nonfinite_losses=self.nonfinite_total,
                            nonfinite_gradients=self.opt.nonfinite_gradient_steps, **self.probe.read())
         self._reset_contribution()
         self.reported_epoch = step
         if self.args.save_steps > 0 and step % self.args.save_steps == 0 and step < self.args.max_steps:
             self.save()
-
-    def step_jump(self, step: int) -> int:
-        """Global steps this peer passed over (it was out of sync and downloaded a newer state)."""
-        return max(0, step - self.reported_epoch - 1)
 
     def save(self) -> Path:
         folder = save_checkpoint(
@@ -362,7 +361,8 @@ def run_collaborative_training(
         batches = infinite_batches(task.dataset, args.per_device_train_batch_size, task.collate_fn,
                                    seed=peer_seed(args.seed, public_key), num_workers=args.dataloader_num_workers)
         trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter, task.compute_loss,
-                                       save_arguments=all_arguments, journal=journal, faults=faults)
+                                       save_arguments=all_arguments, journal=journal, faults=faults,
+                                       reconnector=InitialPeerReconnector(dht, peer.initial_peers))
         trainer.journal_state("joined", seconds=time.monotonic() - started)
         trainer.train()
         logger.info(f"Reached global step {optimizer.local_epoch}: done")

@@ -13,10 +13,10 @@ from collab.chaos import ChaosRun, ChaosSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-MAX_STEPS = 14
+MAX_STEPS = 20
 SETTINGS = ChaosSettings(
-    max_steps=MAX_STEPS, settle_steps=4, num_trainers=3, kill_interval=(10.0, 15.0), restart_delay=(2.0, 4.0),
-    scripted_kills=["trainer-2@round", "coordinator", "aux", "trainer-3"], round_kill_fraction=1.0,
+    max_steps=MAX_STEPS, settle_steps=4, num_trainers=3, kill_interval=(5.0, 8.0), restart_delay=(2.0, 4.0),
+    scripted_kills=["coordinator", "trainer-2@round", "aux", "trainer-3"], round_kill_fraction=1.0,
     faulty_trainer_faults="nonfinite_loss@30+12,nonfinite_grads@70+2", stall_bound=120.0, restart_steps=2,
 )
 
@@ -48,7 +48,8 @@ def test_trainers_go_on_while_the_coordinator_is_down_and_it_resumes_after(repor
 
 
 def test_restarted_trainers_rejoin_by_downloading_the_state(report):
-    assert report["rejoin_s_median"] is not None, "no restarted trainer downloaded the state"
+    assert report["trainer_restarts"] >= 2
+    assert report["trainer_restarts_rejoined"] == report["trainer_restarts_expected_to_rejoin"] >= 1
     assert report["first_contribution_s_median"] is not None, "no restarted trainer contributed again"
 
 

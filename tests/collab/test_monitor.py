@@ -26,6 +26,15 @@ def test_step_is_final_once_a_newer_step_appears_and_stops_changing():
     assert [m.step for m, _ in aggregator.flush()] == [2]
 
 
+def test_restarted_monitor_does_not_record_finished_steps_again():
+    aggregator = StepAggregator(last_final_step=3)  # the newest step the store already holds
+    assert aggregator.add({"a": record(3, 1.0, 1), "b": record(4, 2.0, 1)}) == []
+    assert 3 not in aggregator.pending
+    finished = aggregator.add({"a": record(5, 1.0, 1), "b": record(4, 2.0, 1)})
+    assert [(m.step, m.alive_peers) for m, _ in finished] == [(4, 1)]
+    assert [m.step for m, _ in aggregator.flush()] == [5]
+
+
 def test_store_roundtrip(tmp_path):
     store = MetricsStore(tmp_path / "m.sqlite")
     metrics = aggregate(1, [record(1, 2.0, 1)])

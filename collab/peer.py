@@ -88,19 +88,24 @@ class InitialPeerReconnector:
 
     def __init__(self, dht: hivemind.DHT, initial_peers: Sequence[str], period: float = 10.0):
         self.dht, self.initial_peers, self.period, self.last = dht, list(initial_peers), period, time.monotonic()
+        self.pending = None  # the latest reconnection (a future)
 
     def maybe_reconnect(self) -> None:
         if self.initial_peers and time.monotonic() - self.last >= self.period:
             self.last = time.monotonic()  # runs inside the DHT process, in the background; failures are routine
-            self.dht.run_coroutine(partial(_reconnect, initial_peers=self.initial_peers), return_future=True)
+            self.pending = self.dht.run_coroutine(partial(_reconnect, initial_peers=self.initial_peers),
+                                                  return_future=True)
 
 
 async def _reconnect(_dht: hivemind.DHT, node, initial_peers: Sequence[str]) -> None:
     for maddr in initial_peers:
         address, peer_id = maddr.rsplit("/p2p/", 1)
         try:
-            await node.p2p._client.connect(PeerID.from_base58(peer_id), [Multiaddr(address)])
-            await node.protocol.call_ping(PeerID.from_base58(peer_id))
+            peer_id = PeerID.from_base58(peer_id)
+            await node.p2p._client.connect(peer_id, [Multiaddr(address)])
+            node_id = await node.protocol.call_ping(peer_id)
+            if node_id is not None:
+                await node.protocol.update_routing_table(node_id, peer_id, responded=True)
         except Exception as e:
             logger.debug(f"Initial peer {peer_id} is still unreachable: {e!r}")
 

@@ -1,6 +1,7 @@
 """Joining the swarm: the DHT node, the line other peers need to join, and the swarm's configuration check."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from collab.errors import UserError
 logger = logging.getLogger(__name__)
 
 INITIAL_PEERS_EXAMPLE = "/ip4/A.B.C.D/tcp/PORT/p2p/PEER_ID"
+DIAL_TIMEOUT = 5.0  # seconds to re-dial one initial peer
 
 
 def validate_initial_peers(maddrs: Sequence[str]) -> list[str]:
@@ -78,12 +80,15 @@ def create_dht(
 
 
 class InitialPeerReconnector:
-    """Every `period` seconds, dial the --initial_peers again and put them back in the DHT's routing table.
+    """Every `period` seconds, dial the --initial_peers again, put them back in the DHT's routing table and lift
+    their ban.
 
-    A DHT node drops peers that stop answering. If the coordinator (often the only initial peer) is down long
-    enough while the other peers this node knew are restarted under new IDs, the node ends up knowing nobody
-    alive and trains alone for good (seen in a chaos run on a GPU machine after two coordinator restarts).
-    Pinging the initial peers again heals that as soon as the coordinator is back; otherwise it costs one ping.
+    A DHT node drops peers that stop answering and bans them for 5 s, twice as long after each further failure.
+    While the coordinator (often the only initial peer) is down, a busy node fails many requests to it, so it may
+    shun the restarted coordinator for minutes; if the other peers it knew were restarted under new IDs meanwhile,
+    it knows nobody alive and trains alone (seen in chaos runs on a GPU machine; reproduced in
+    tests/collab/test_peer.py). Dialling the initial peers again heals that as soon as they are back; otherwise it
+    costs one ping.
     """
 
     def __init__(self, dht: hivemind.DHT, initial_peers: Sequence[str], period: float = 10.0):
@@ -91,21 +96,39 @@ class InitialPeerReconnector:
         self.pending = None  # the latest reconnection (a future)
 
     def maybe_reconnect(self) -> None:
+        if self.pending is not None and not self.pending.done():
+            return  # the previous attempt is still dialling (dropping its future would abort it mid-way)
         if self.initial_peers and time.monotonic() - self.last >= self.period:
             self.last = time.monotonic()  # runs inside the DHT process, in the background; failures are routine
             self.pending = self.dht.run_coroutine(partial(_reconnect, initial_peers=self.initial_peers),
                                                   return_future=True)
 
 
+_RUNNING: set = set()  # in the DHT process: strong references to running reconnections (see below)
+
+
 async def _reconnect(_dht: hivemind.DHT, node, initial_peers: Sequence[str]) -> None:
+    # hivemind's DHT keeps no reference to the task that runs this coroutine; asyncio holds tasks weakly, so a
+    # task waiting on the daemon can be garbage-collected mid-way (seen: GeneratorExit). Hold it until it ends.
+    task = asyncio.current_task()
+    _RUNNING.add(task)
+    try:
+        await _dial_initial_peers(node, initial_peers)
+    finally:
+        _RUNNING.discard(task)
+
+
+async def _dial_initial_peers(node, initial_peers: Sequence[str]) -> None:
     for maddr in initial_peers:
         address, peer_id = maddr.rsplit("/p2p/", 1)
         try:
             peer_id = PeerID.from_base58(peer_id)
-            await node.p2p._client.connect(peer_id, [Multiaddr(address)])
+            await asyncio.wait_for(node.p2p._client.connect(peer_id, [Multiaddr(address)]), DIAL_TIMEOUT)
             node_id = await node.protocol.call_ping(peer_id)
             if node_id is not None:
                 await node.protocol.update_routing_table(node_id, peer_id, responded=True)
+                if peer_id in node.blacklist:  # banned while it was down, for longer after each failed request
+                    node.blacklist.register_success(peer_id)
         except Exception as e:
             logger.debug(f"Initial peer {peer_id} is still unreachable: {e!r}")
 

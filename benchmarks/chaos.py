@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 from collab.arguments import parse_arguments
 from collab.chaos import ChaosRun, ChaosSettings, Recipe
 from collab.cli import run_main, setup_logging
+from collab.errors import UserError
 from collab.swarm import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ class ChaosArguments:
     results_dir: str = field(default="benchmarks/results",
                              metadata=dict(help="Where chaos.json, chaos.md and chaos.png are written."))
     target_batch_size: int = field(default=1024, metadata=dict(help="Samples per global step (albert-tiny)."))
+
+    def __post_init__(self) -> None:
+        if self.num_trainers < 2:
+            raise UserError("--num_trainers must be at least 2: with one trainer there is nobody to agree with")
+        if not 0 < self.kill_interval_min <= self.kill_interval_max:
+            raise UserError("--kill_interval_min must be positive and at most --kill_interval_max")
+        if not 0 < self.settle_steps < self.max_steps:
+            raise UserError("--settle_steps must be positive and smaller than --max_steps")
+        if any(not 0 <= share <= 1 for share in (self.round_kill_fraction, self.coordinator_kill_fraction,
+                                                 self.aux_kill_fraction)):
+            raise UserError("the kill fractions are shares between 0 and 1")
 
 
 def albert_recipe(data_dir: Path, target_batch_size: int) -> Recipe:

@@ -6,10 +6,14 @@ One run (about 5 minutes on 2 cores) feeds every assertion below; each guarantee
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from benchmarks.chaos import albert_recipe
+from benchmarks.chaos import albert_recipe, markdown_table, plot
 from collab.chaos import ChaosRun, ChaosSettings
+from collab.swarm import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -86,3 +90,20 @@ def test_whole_swarm_restart_resumes_from_the_coordinator_checkpoint(report):
     assert report["restart_resumed_steps"][-1] == expected + SETTINGS.restart_steps
     restart_final = report["restart_final_states"]
     assert set(restart_final["exit_codes"].values()) == {0} and restart_final["max_distance"] <= 1e-6
+
+
+def test_report_renders_as_a_table_and_a_plot(report, tmp_path):
+    table = markdown_table(report)
+    assert table.startswith("| measure | value |") and "whole-swarm restart" in table
+    plot(report, tmp_path / "chaos.png")
+    assert (tmp_path / "chaos.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_trainers", "1"], "--num_trainers"), (["--settle_steps", "0"], "--settle_steps"),
+    (["--kill_interval_min", "50", "--kill_interval_max", "10"], "--kill_interval_min"),
+])
+def test_bad_benchmark_flags_are_one_line_errors(flags, message):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks/chaos.py"), *flags], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")

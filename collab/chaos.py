@@ -37,7 +37,7 @@ import torch
 
 from collab.checkpoints import CorruptCheckpointError, list_checkpoints, load_optimizer_state, verify_checkpoint
 from collab.faults import FAULTS_ENV
-from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, read_journal
+from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, probe_distance, read_journal
 from collab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ def build_report(run: ChaosRun) -> dict:
             restart_corrupted_checkpoint=check["corrupted"],
             restart_expected_step=check["expected_step"],
             restart_joined_steps=sorted(event["step"] for event in joined.values()),
-            restart_probe_distance=max(_probe_gap(event["probe"], check["expected_probe"])
+            restart_probe_distance=max(probe_distance(event["probe"], check["expected_probe"])
                                        for event in joined.values() if event["step"] == check["expected_step"])
             if any(event["step"] == check["expected_step"] for event in joined.values()) else None,
             restart_optimizer_match=all(_digests_match(event["optimizer"], check["expected_optimizer"])
@@ -473,10 +473,6 @@ def _final_states(run: ChaosRun, output_root: Path, max_steps: int) -> dict:
 
 def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 1)
-
-
-def _probe_gap(first: list[float], second: list[float]) -> float:
-    return max(abs(a - b) for a, b in zip(first, second))
 
 
 def _digests_match(first: dict, second: dict, rtol: float = 1e-6) -> bool:

@@ -90,7 +90,7 @@ def optimizer_digest(state_dict: dict) -> dict[str, float]:
 
 
 def probe_distance(first: list[float], second: list[float]) -> float:
-    """Largest absolute difference between two probes (inf if either holds a non-finite value)."""
+    """Largest absolute difference between two probes of the same model (positions match one to one)."""
     if len(first) != len(second):
         raise ValueError("probes of different models cannot be compared")
     return max((abs(a - b) for a, b in zip(first, second)), default=0.0)

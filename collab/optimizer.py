@@ -95,6 +95,9 @@ class _RememberDownloadedEpoch(DecentralizedAverager):
 
     def load_state_from_peers(self, **kwargs):
         result = super().load_state_from_peers(**kwargs)
+        if result is not None and not all_finite(result[1]):
+            logger.warning("The state received holds inf/NaN values: not loading it")
+            return None  # TrainingStateAverager then keeps the local state
         if result is not None:
             metadata = result[0]
             self.downloaded_epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
@@ -116,6 +119,14 @@ class ReportingStateAverager(TrainingStateAverager, _RememberDownloadedEpoch):
         loaded = self.downloaded_epoch is not None and self.local_epoch == self.downloaded_epoch
         return self.downloaded_epoch if loaded else None
 
+    def get_current_state(self):
+        """The state sent to a peer that downloads it; never a broken one (the peer then asks the next donor)."""
+        metadata, tensors, infos = super().get_current_state()
+        if not all_finite(tensors):
+            logger.warning("This peer's parameters or optimizer statistics hold inf/NaN: not sharing them")
+            return None, [], []
+        return metadata, tensors, infos
+
     def donors(self) -> dict[bytes, float]:
         """Other peers that offer their state, with their priorities (a killed peer's record lingers ~30 s)."""
         found = self.dht.get(f"{self.prefix}.all_averagers", latest=True)
@@ -126,10 +137,10 @@ class ReportingStateAverager(TrainingStateAverager, _RememberDownloadedEpoch):
                 if peer != own_id and isinstance(entry.value, (int, float))}
 
 
-def grads_are_finite(grads: Sequence[torch.Tensor]) -> bool:
-    """True if no gradient holds inf or NaN (the max-norm of a tensor is finite exactly when all values are)."""
-    grads = [grad for grad in grads if grad is not None]
-    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+def all_finite(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
+    """True if no tensor holds inf or NaN (the max-norm of a tensor is finite exactly when all its values are)."""
+    tensors = [tensor for tensor in tensors if tensor is not None and tensor.is_floating_point()]
+    return not tensors or bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
 
 
 def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -143,7 +154,7 @@ def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Opti
 
     def guarded_step(self, *args, **kwargs):
         grads = [param.grad for group in self.param_groups for param in group["params"]]
-        if not grads_are_finite(grads):
+        if not all_finite(grads):
             warn("The averaged gradient is not finite (a peer sent inf/NaN): skipped this update")
             return None
         return unguarded_step(*args, **kwargs)
@@ -174,7 +185,7 @@ class SwarmOptimizer(hivemind.Optimizer):
     def _check_and_accumulate_gradients(self, batch_size: int, grad_scaler) -> bool:
         # hivemind checks fp16 gradients through its GradScaler; fp32 ones are checked here, with the same remedy:
         # drop this peer's accumulated gradients and report no progress, so nothing non-finite is ever averaged.
-        if grad_scaler is None and not grads_are_finite([param.grad for param in self.grad_averager.parameters]):
+        if grad_scaler is None and not all_finite([param.grad for param in self.grad_averager.parameters]):
             self.nonfinite_gradient_steps += 1
             self._warn_nonfinite("Local gradients are not finite: dropped them (this peer's samples since the "
                                  "last global step are not sent)")

@@ -278,8 +278,13 @@ class CollaborativeTrainer:
                     f"{metrics.samples_per_second:.1f} samples/s")
         if self.reporter is not None:
             self.reporter.report(metrics)
-        self.journal.write("step", **metrics.dict(), round=outcome, samples_computed=self.samples_computed, nonfinite_losses=self.nonfinite_total,
-                           nonfinite_gradients=self.opt.nonfinite_gradient_steps, **self.probe.read())
+        probe = self.probe.read()
+        self.journal.write("step", **metrics.dict(), round=outcome, samples_computed=self.samples_computed,
+                           nonfinite_losses=self.nonfinite_total,
+                           nonfinite_gradients=self.opt.nonfinite_gradient_steps, **probe)
+        if not probe["finite"]:  # never serve or average broken parameters: take a healthy peer's state
+            logger.error(f"This peer's parameters hold inf/NaN after global step {step}: downloading the swarm's state")
+            self.opt.load_state_from_peers()
         self._reset_contribution()
         self.reported_epoch = step
         if self.args.save_steps > 0 and step % self.args.save_steps == 0 and step < self.args.max_steps:

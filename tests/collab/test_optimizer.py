@@ -227,3 +227,34 @@ def test_state_download_passes_over_a_vanished_donor_and_gives_up_in_bounded_tim
             donor.shutdown()
             donor_dht.shutdown()
         joiner_dht.shutdown()
+
+
+def test_a_peer_with_broken_parameters_is_never_a_donor():
+    """A donor whose parameters hold NaN refuses to share them; the joiner takes a healthy donor's state."""
+    joiner_dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK)
+    others = [hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=joiner_dht.get_visible_maddrs())
+              for _ in range(2)]
+    args = TrainingArguments(learning_rate=0.1, warmup_steps=1)
+    broken_model, healthy_model, joiner_model = TinyModel(), TinyModel(), TinyModel()
+    broken, healthy = build(others[0], broken_model, args), build(others[1], healthy_model, args)
+    joiner = build(joiner_dht, joiner_model, args)
+    try:
+        for opt, model in ((broken, broken_model), (healthy, healthy_model)):
+            for _ in range(2):
+                for param in model.parameters():
+                    param.grad = torch.ones_like(param)
+                opt.state_averager.step(increment_epoch=True, optimizer_step=True)
+        with torch.no_grad():  # offloaded copies are what the averager serves
+            next(p for group in broken.state_averager.optimizer.param_groups for p in group["params"]).fill_(float("nan"))
+        broken.state_averager.state_sharing_priority = 10.0  # the most attractive donor
+        healthy.state_averager.state_sharing_priority = 2.0
+        time.sleep(2)
+        assert joiner.load_state_from_peers() is True
+        assert joiner.local_epoch == 2
+        for mine, theirs in zip(joiner_model.parameters(), healthy_model.parameters()):
+            assert torch.equal(mine, theirs)
+    finally:
+        for opt in (joiner, broken, healthy):
+            opt.shutdown()
+        for node in (*others, joiner_dht):
+            node.shutdown()

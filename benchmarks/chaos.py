@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         coordinator_kill_fraction=args.coordinator_kill_fraction, aux_kill_fraction=args.aux_kill_fraction,
         faulty_trainer_faults=args.faults,
     )
-    import shutil
-
     shutil.rmtree(output_dir, ignore_errors=True)
     report = ChaosRun(albert_recipe(data_dir, args.target_batch_size), settings, output_dir).run()
     results = Path(args.results_dir)

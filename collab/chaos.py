@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from safetensors.torch import load_file
 
 from collab.checkpoints import CorruptCheckpointError, list_checkpoints, load_optimizer_state, verify_checkpoint
 from collab.faults import FAULTS_ENV
 from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, probe_distance, read_journal
+from collab.store import read_store
 from collab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
@@ -456,8 +458,6 @@ def build_report(run: ChaosRun) -> dict:
 
 def _final_states(run: ChaosRun, output_root: Path, max_steps: int) -> dict:
     """How the trainers ended: exit codes, the step of their last checkpoint, and how far apart those are."""
-    from safetensors.torch import load_file
-
     finished = run.finished.get(output_root.name, {})
     steps, weights = {}, []
     for name in run.trainer_names():
@@ -481,7 +481,5 @@ def _digests_match(first: dict, second: dict, rtol: float = 1e-6) -> bool:
 
 
 def _coordinator_store(root: Path) -> dict[str, list[dict]]:
-    from collab.store import read_store
-
     store = root / "coordinator/metrics.sqlite"
     return read_store(store) if store.exists() else dict(global_steps=[], peer_metrics=[], checkpoints=[])

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import warnings
+from concurrent.futures import InvalidStateError
 from typing import Callable
 
 from collab.errors import UserError
@@ -60,6 +61,11 @@ def _readable_hivemind_records(record: logging.LogRecord) -> bool:
         return False
     if record.name == "asyncio" and "Task was destroyed but it is pending" in record.getMessage():
         return False
+    if record.name == "asyncio" and isinstance(error, InvalidStateError) and "CANCELLED" in str(error):
+        # hivemind's averager sets the result of a round whose control was cancelled meanwhile (a race in 1.1.12)
+        record.msg, record.args = "An averaging round finished after it had been cancelled (harmless)", ()
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
     if record.name.startswith("hivemind.") and isinstance(error, _ROUTINE_NETWORK_ERRORS):
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)

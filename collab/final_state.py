@@ -26,6 +26,7 @@ from collab.cli import check_stop
 logger = logging.getLogger(__name__)
 
 OFFER_PROPAGATION_S = 3.0  # time for a changed state-sharing priority to reach the DHT
+LATE_TRAINER_GRACE_S = 20.0  # the chosen peer serves this much longer for trainers it could not count
 
 
 class FinalStateAgreement:
@@ -60,6 +61,9 @@ class FinalStateAgreement:
         if top_peer == self.own_id:
             self._wait(lambda: self._count_taken() >= trainers, deadline,
                        f"for the other {trainers - 1} trainer(s) to take the final state")
+            # a trainer more than one step behind publishes no progress record, so it was not counted: keep serving
+            # a little longer for it (seen: a client-mode trainer took the state 9 s after the count was reached)
+            time.sleep(min(LATE_TRAINER_GRACE_S, max(0.0, deadline - time.monotonic())))
 
     def offer_priority(self) -> float:
         """Above every step number; the fraction is a tie-break that all peers compute the same way."""

@@ -20,6 +20,7 @@ from collab.errors import UserError
 
 T = TypeVar("T")
 
+REACHABILITY_CHOICES = ("public", "private")
 COMPRESSION_CHOICES = ("none", "fp16", "scaled-fp16", "uniform8bit", "quantile8bit", "size-adaptive")
 
 
@@ -67,9 +68,31 @@ class PeerArguments:
             "gradients and downloads state, but other peers cannot connect to it."
         ),
     )
-    use_relay: bool = field(default=True, metadata=_help("Allow reaching peers that are only reachable via a relay."))
+    use_relay: bool = field(
+        default=True, metadata=_help("Allow reaching peers that are only reachable via a relay (p2p-circuit addresses).")
+    )
     use_auto_relay: bool = field(
-        default=False, metadata=_help("Look for relays so that this peer becomes reachable from behind NAT.")
+        default=False,
+        metadata=_help(
+            "Become reachable from behind NAT: reserve a slot on a relay (a public peer of the swarm) and announce "
+            "an address through it, so others can connect (see p2p/circuit-relay.md)."
+        ),
+    )
+    trusted_relays: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Relays to reserve a slot on at once (full multiaddrs, e.g. the coordinator's); implies --use_auto_relay. "
+            "Without it the libp2p daemon first looks for 4 relay candidates, which in a small swarm means waiting "
+            "3 minutes before it becomes reachable."
+        ),
+    )
+    force_reachability: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Skip libp2p's AutoNAT guess: 'private' behind NAT (relay reservations start right away), 'public' for "
+            "a relay or coordinator with a public address. Default: detect it.",
+            choices=REACHABILITY_CHOICES,
+        ),
     )
     startup_timeout: float = field(default=30.0, metadata=_help("Seconds to wait for the libp2p daemon to start."))
 
@@ -78,6 +101,13 @@ class PeerArguments:
             raise UserError(f"--run_id {self.run_id!r} is invalid: use a non-empty name without dots")
         if self.client_mode and not self.initial_peers:
             raise UserError("--client_mode needs --initial_peers: a client cannot be the first peer of a swarm")
+        if self.trusted_relays:
+            if self.client_mode:
+                raise UserError("--trusted_relays makes this peer reachable through relays, --client_mode makes it "
+                                "unreachable: pass one of them")
+            if not self.use_relay:
+                raise UserError("--trusted_relays needs relays: drop --use_relay false")
+            self.use_auto_relay = True  # relays to reserve on only make sense with auto relay (the daemon insists)
 
 
 @dataclass

@@ -2,9 +2,14 @@
 
 Every host is its own network namespace, and so is the "internet" itself: a bridge that public hosts and the
 public side of each router plug into. Veth pairs are created directly between two lab namespaces, so the root
-namespace gets no interface, address or route, and every lab address (a 10.X.0.0/16 block per lab) exists only
-inside the lab. A router masquerades its private subnet behind its public address and drops connections that
-start on the public side, as a home router does. tc has no netem here, so links have bandwidth caps (tbf, both
+namespace gets no interface, address or route, and every lab address exists only inside the lab. Each lab owns a
+block number X: its internet is 11.X.0.0/24 and router N's home network is 10.X.N.0/24. The internet uses a
+globally routable range on purpose: libp2p treats RFC 1918 addresses as private and never advertises a relay at
+such an address (go-libp2p's autorelay drops them), so a lab internet on 10.X would make every relay useless.
+11.0.0.0/8 is not announced on the real internet, and nothing in the lab has a route out of it anyway.
+
+A router masquerades its private subnet behind its public address and silently drops connections that start
+on the public side, to itself or to the hosts behind it, as a home router does. tc has no netem here, so links have bandwidth caps (tbf, both
 directions) but no delay or loss.
 
 Names are `<prefix><owner pid>-<block>[-<host>]` (e.g. `dlab-4711-23-relay`): the block is chosen under a lock
@@ -40,6 +45,7 @@ _HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PREFIX = re.compile(r"^[a-z]{1,15}-$")  # no digits: the pid that follows must parse unambiguously
 _TOOL_PACKAGES = {"ip": "iproute2", "iptables": "iptables", "tc": "iproute2"}
 _STOP_GRACE_S = 3.0
+PUBLIC_OCTET, PRIVATE_OCTET = 11, 10  # first octets of the lab internet and of the home networks behind routers
 
 
 @dataclass
@@ -87,7 +93,7 @@ class NetworkLab:
             raise UserError(f"bad lab name prefix {self.prefix!r}: use 1-15 lowercase letters and a final '-', "
                             f"e.g. {DEFAULT_PREFIX!r}")
         self.base: Optional[str] = None  # the internet's namespace; every host's namespace starts with it
-        self.block: Optional[int] = None  # the lab's addresses are 10.<block>.0.0/16
+        self.block: Optional[int] = None  # the lab's addresses are 11.<block>.0.0/24 and 10.<block>.*
         self.hosts: dict[str, Host] = {}
         self._processes: list[subprocess.Popen] = []
         self._next_link = 0  # numbers the peer ends of veths ("v1", "v2", ...), unique within the lab
@@ -126,7 +132,7 @@ class NetworkLab:
         except BaseException:
             self.close()
             raise
-        logger.info(f"Network lab {self.base}: internet at 10.{self.block}.0.0/24")
+        logger.info(f"Network lab {self.base}: internet at {PUBLIC_OCTET}.{self.block}.0.0/24")
 
     def close(self) -> None:
         """Stop every process, then delete every namespace. Safe to call twice; Ctrl-C waits until it is done."""
@@ -162,7 +168,8 @@ class NetworkLab:
         index = sum(h.kind == "router" for h in self.hosts.values()) + 1
         if index > 254:
             raise UserError("a lab holds at most 254 routers")
-        host = self._new_host(name, "router", self._public_address(), lan_prefix=f"10.{self.block}.{index}")
+        lan_prefix = f"{PRIVATE_OCTET}.{self.block}.{index}"
+        host = self._new_host(name, "router", self._public_address(), lan_prefix=lan_prefix)
         self._next_private[name] = 2
         ns = host.namespace
         self._plug(ns, "wan", self.base, "pub", host.address)
@@ -174,6 +181,10 @@ class NetworkLab:
         _ns_exec(ns, "iptables", "-A", "FORWARD", "-i", "wan", "-m", "conntrack", "--ctstate",
                  "ESTABLISHED,RELATED", "-j", "ACCEPT")
         _ns_exec(ns, "iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP")
+        # the router itself answers nothing from outside either (no "connection refused": a dial just times out)
+        _ns_exec(ns, "iptables", "-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+                 "-j", "ACCEPT")
+        _ns_exec(ns, "iptables", "-A", "INPUT", "-i", "wan", "-j", "DROP")
         logger.info(f"Lab {self.base}: NAT router {name} at {host.address}, private {host.lan_prefix}.0/24")
         return host
 
@@ -207,14 +218,14 @@ class NetworkLab:
     def run(self, host: str, argv: Sequence[str], timeout: float = 30.0, check: bool = False,
             input: Optional[str] = None) -> subprocess.CompletedProcess:
         """Run a command inside the host and capture its output (text)."""
-        return subprocess.run(self._exec_argv(host, argv), capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(self.command(host, argv), capture_output=True, text=True, timeout=timeout,
                               check=check, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
     def popen(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
         """Start a long-running process inside the host, in its own process group; the lab stops it on exit."""
         kwargs["start_new_session"] = True  # so teardown can kill it with everything it started
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        process = subprocess.Popen(self._exec_argv(host, argv), **kwargs)
+        process = subprocess.Popen(self.command(host, argv), **kwargs)
         self._processes.append(process)
         return process
 
@@ -225,7 +236,8 @@ class NetworkLab:
             raise UserError(f"no host named {name!r} in this lab (hosts: {', '.join(self.hosts) or 'none'})")
         return self.hosts[name]
 
-    def _exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs `argv` inside the host (for launchers that start processes themselves)."""
         if isinstance(argv, str):
             raise UserError("pass the command as a list of arguments, e.g. ['ping', '-c', '1', address]")
         return ["ip", "netns", "exec", self._host(host).namespace, *argv]
@@ -249,7 +261,7 @@ class NetworkLab:
         if self._next_public > 254:
             raise UserError("the lab's internet is full (254 public hosts and routers at most)")
         self._next_public += 1
-        return f"10.{self.block}.0.{self._next_public}"
+        return f"{PUBLIC_OCTET}.{self.block}.0.{self._next_public}"
 
     def _plug(self, ns: str, dev: str, bridge_ns: str, bridge: str, address: str) -> str:
         """Connect `dev` in `ns` to `bridge` in `bridge_ns` with a veth; returns the name of the bridge-side end."""
@@ -273,13 +285,13 @@ class NetworkLab:
                      "burst", str(burst), "latency", "100ms")
 
     def _free_block(self) -> int:
-        """A 10.X block no other lab of this prefix (alive or stale) uses, nor any address of the root namespace."""
+        """A block number X no other lab of this prefix (alive or stale) uses, nor any 10.X/11.X address of the root."""
         used = {ids[1] for ns in _list_namespaces() if (ids := _parse_name(ns, self.prefix))}
         root_addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
-        used |= {int(x) for x in re.findall(r"inet 10\.(\d+)\.", root_addrs)}
+        used |= {int(x) for x in re.findall(rf"inet (?:{PUBLIC_OCTET}|{PRIVATE_OCTET})\.(\d+)\.", root_addrs)}
         free = [block for block in range(1, 255) if block not in used]
         if not free:
-            raise UserError(f"no free 10.X.0.0/16 block for another lab: remove old labs with "
+            raise UserError(f"no free address block for another lab: remove old labs with "
                             f"`ip netns list | grep {self.prefix}`")
         return random.choice(free)
 

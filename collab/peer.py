@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
@@ -25,19 +25,41 @@ INITIAL_PEERS_EXAMPLE = "/ip4/A.B.C.D/tcp/PORT/p2p/PEER_ID"
 DIAL_TIMEOUT = 5.0  # seconds to re-dial one initial peer
 
 
-def validate_initial_peers(maddrs: Sequence[str]) -> list[str]:
-    """Check that every --initial_peers entry is a full multiaddr that names a peer ID."""
+def validate_initial_peers(maddrs: Sequence[str], flag: str = "--initial_peers") -> list[str]:
+    """Check that every entry is a full multiaddr that names a peer ID."""
     for maddr in maddrs:
         try:
             protocols = {proto.name for proto in Multiaddr(maddr).protocols()}
         except Exception:
             raise UserError(
-                f"--initial_peers {maddr!r} is not a multiaddr; expected {INITIAL_PEERS_EXAMPLE} "
+                f"{flag} {maddr!r} is not a multiaddr; expected {INITIAL_PEERS_EXAMPLE} "
                 f"(copy the line the coordinator prints)"
             ) from None
         if "p2p" not in protocols:
-            raise UserError(f"--initial_peers {maddr!r} lacks the peer ID; expected {INITIAL_PEERS_EXAMPLE}")
+            raise UserError(f"{flag} {maddr!r} lacks the peer ID; expected {INITIAL_PEERS_EXAMPLE}")
     return list(maddrs)
+
+
+def _use_only_trusted_relays() -> None:
+    """Make the libp2p daemon reserve on the --trusted_relays at once instead of searching for candidates first.
+
+    hivemind 1.1.12 passes `-trustedRelays` but never `-relayDiscovery=0`, so the daemon keeps discovery on:
+    go-libp2p's autorelay then feeds the trusted relays as mere candidates and reserves a slot only once it has
+    4 candidates or after its 3-minute boot delay (seen in the network lab: no relay address for 3 minutes with one
+    relay; with discovery off, the reservation came within a second). hivemind has no option for this flag, so we
+    add it where hivemind builds the daemon's command line; the DHT's process is forked later and inherits it.
+    """
+    if getattr(P2P._make_process_args, "_static_relays", False):
+        return
+    build_args = P2P._make_process_args
+
+    def with_static_relays(*args, **kwargs):
+        if kwargs.get("trustedRelays") and kwargs.get("autoRelay"):
+            kwargs["relayDiscovery"] = False
+        return build_args(*args, **kwargs)
+
+    with_static_relays._static_relays = True
+    P2P._make_process_args = staticmethod(with_static_relays)
 
 
 def require_initial_peers(args: PeerArguments, role: str) -> None:
@@ -52,6 +74,9 @@ def create_dht(
 ) -> hivemind.DHT:
     """Start this peer's DHT node; unreachable initial peers become a one-line UserError."""
     initial_peers = validate_initial_peers(args.initial_peers)
+    if args.trusted_relays:
+        kwargs["trusted_relays"] = validate_initial_peers(args.trusted_relays, flag="--trusted_relays")
+        _use_only_trusted_relays()
     try:
         return hivemind.DHT(
             start=True,
@@ -63,6 +88,7 @@ def create_dht(
             use_ipfs=args.use_ipfs,
             use_relay=args.use_relay,
             use_auto_relay=args.use_auto_relay,
+            force_reachability=args.force_reachability,
             startup_timeout=args.startup_timeout,
             record_validators=record_validators,
             **kwargs,

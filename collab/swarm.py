@@ -48,12 +48,18 @@ class LocalSwarm:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.peers: list[PeerProcess] = []
 
-    def start(self, name: str, script: str, args: Sequence[str], env: Optional[dict] = None) -> PeerProcess:
-        """Start `python <script> <args>` (script relative to the repository root), with extra `env` if given."""
+    def start(self, name: str, script: str, args: Sequence[str], env: Optional[dict] = None,
+              wrap: Optional[Callable[[list[str]], list[str]]] = None) -> PeerProcess:
+        """Start `python <script> <args>` (script relative to the repository root), with extra `env` if given.
+
+        `wrap` turns the command line into the one to run, e.g. `partial(lab.command, "home1")` runs the peer
+        inside a host of a network lab (`ip netns exec` replaces itself with the peer, so signals still reach it).
+        """
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "w")
+        argv = [sys.executable, str(REPO_ROOT / script), *args]
         popen = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / script), *args], stdout=log_file, stderr=subprocess.STDOUT,
+            wrap(argv) if wrap else argv, stdout=log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})), cwd=REPO_ROOT, start_new_session=True,
         )
         log_file.close()

@@ -12,6 +12,8 @@ from collab.arguments import (
 )
 from collab.errors import UserError
 
+RELAY = "/ip4/11.0.0.2/tcp/31337/p2p/12D3KooWDvfzxwKpxKfDvydReXuXzvTdiiUoKu19sTsn9DZQPgiZ"
+
 GROUPS = (PeerArguments, CollaborationArguments, AveragerArguments, ProgressTrackerArguments, TrainingArguments)
 
 
@@ -71,10 +73,32 @@ def test_bad_presets_are_one_line_errors(tmp_path, content, message):
     (["--delay_grad_averaging"], "delay_optimizer_step"),
     (["--per_device_train_batch_size", "0"], "must be positive"),
     (["--config", "/nonexistent.json"], "no such file"),
+    (["--client_mode", "--initial_peers", RELAY, "--trusted_relays", RELAY], "pass one of them"),
+    (["--trusted_relays", RELAY, "--use_relay", "false"], "needs relays"),
 ])
 def test_cross_field_checks(argv, message):
     with pytest.raises(UserError, match=message):
         parse(*argv)
+
+
+def test_reachability_is_public_or_private(capsys):
+    assert parse("--force_reachability", "private")[0].force_reachability == "private"
+    with pytest.raises(SystemExit):
+        parse("--force_reachability", "sometimes")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_trusted_relays_turn_on_auto_relay_and_skip_relay_discovery():
+    from hivemind.p2p import P2P
+
+    from collab.peer import _use_only_trusted_relays
+
+    peer = parse("--trusted_relays", RELAY)[0]
+    assert peer.use_auto_relay and peer.trusted_relays == [RELAY]
+    _use_only_trusted_relays()
+    # without -relayDiscovery=0 the daemon waits for 4 relay candidates or 3 minutes (p2p/circuit-relay.md)
+    assert "-relayDiscovery=0" in P2P._make_process_args("p2pd", autoRelay=True, trustedRelays=RELAY)
+    assert "-relayDiscovery=0" not in P2P._make_process_args("p2pd", autoRelay=True)
 
 
 def test_every_flag_has_help(capsys):

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Joining cost: how long a new peer takes to download the full training state of ALBERT-large, against the bytes
+it moves and the rate of the link.
+
+A donor process holds the training state as the project builds it (albert/model.py's albert-large, LAMB from
+collab/optimizer.py's SwarmOptimizer, filled with non-zero values); a joiner process downloads it the way a new
+trainer does (SwarmOptimizer.load_state_from_peers: parameters and LAMB statistics from the state averager, then
+the gradient averager's buffers), --downloads times, checking each time that the state arrived bit for bit. The
+same number of bytes then goes through a plain TCP connection between two processes: the link's own rate.
+On loopback by default; with --bandwidth_mbit (root), donor and joiner sit on capped links of the network lab
+(collab/netlab.py). Writes benchmarks/results/joining.json, .md and .png (--name changes the file names).
+
+    python benchmarks/joining.py                            # the committed run: albert-large on loopback (~1 min)
+    python benchmarks/joining.py --bandwidth_mbit 100 --downloads 2 --transfers 2 --name joining-100mbit  # root
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import free_tcp_port, machine_info, markdown_table, pyplot, summarize, write_results
+from collab.arguments import COMPRESSION_CHOICES, parse_arguments
+from collab.cli import run_main, setup_logging
+from collab.errors import UserError
+from collab.swarm import LocalSwarm, PeerProcess
+
+logger = logging.getLogger(__name__)
+
+WORKER_SCRIPT = "benchmarks/joining_worker.py"
+MB = 1e6
+
+
+@dataclass
+class JoiningArguments:
+    model_preset: str = field(default="albert-large",
+                              metadata=dict(help="albert/model.py preset whose state is downloaded (albert-tiny: "
+                                                 "a quick look)."))
+    vocab_size: int = field(default=30000, metadata=dict(help="Vocabulary of the model (albert-large-v2: 30000)."))
+    compression: str = field(
+        default="none",
+        metadata=dict(help="The peers' --compression. It applies to averaging only: the project downloads state "
+                           "uncompressed either way.", choices=list(COMPRESSION_CHOICES)))
+    downloads: int = field(default=5, metadata=dict(help="Downloads of the full state by the joiner, one after "
+                                                         "another (the first one is what a new peer pays)."))
+    transfers: int = field(default=5, metadata=dict(help="Plain TCP transfers of the same bytes."))
+    bandwidth_mbit: Optional[float] = field(
+        default=None, metadata=dict(help="Cap donor's and joiner's links at this rate (Mbit/s, both directions) in "
+                                         "the network lab; needs root, ip and tc. Default: loopback, no cap."))
+    startup_timeout: float = field(default=600.0, metadata=dict(help="Seconds a process may take to get ready."))
+    download_timeout: float = field(default=1800.0, metadata=dict(help="Seconds all downloads together may take."))
+    seed: int = field(default=0, metadata=dict(help="Seed of the donor's state."))
+    name: str = field(default="joining", metadata=dict(help="Base name of the result files."))
+    output_dir: str = field(default="outputs/joining-benchmark", metadata=dict(help="Process logs and raw JSON."))
+    results_dir: str = field(default="benchmarks/results",
+                             metadata=dict(help="Where <name>.json, <name>.md and <name>.png are written."))
+
+    def __post_init__(self) -> None:
+        if self.downloads < 1 or self.transfers < 1:
+            raise UserError("--downloads and --transfers must be at least 1")
+        if self.bandwidth_mbit is not None and self.bandwidth_mbit <= 0:
+            raise UserError("--bandwidth_mbit must be positive")
+
+
+class Placement:
+    """Where the donor's and the joiner's processes run: both on loopback, or on two capped hosts of a lab."""
+
+    def __init__(self, lab=None):
+        self.lab = lab
+
+    def address(self, host: str) -> str:
+        return "127.0.0.1" if self.lab is None else self.lab.address(host)
+
+    def start(self, swarm: LocalSwarm, name: str, host: str, args: list[str]) -> PeerProcess:
+        if self.lab is None:
+            return swarm.start(name, WORKER_SCRIPT, args)
+        return swarm.start(name, WORKER_SCRIPT, args, wrap=partial(self.lab.command, host))
+
+
+def wait_for_exit(process: PeerProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while process.alive:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{process.name} still running after {timeout:.0f}s; log: {process.log_path}")
+        time.sleep(0.2)
+    if process.popen.returncode != 0:
+        raise RuntimeError(f"{process.name} exited with code {process.popen.returncode}; last lines of "
+                           f"{process.log_path}:\n{process.log_tail()}")
+
+
+def wait_for_output(process: PeerProcess, path: Path, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not process.alive:
+            raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} before it was ready; "
+                               f"last lines of {process.log_path}:\n{process.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{process.name} not ready after {timeout:.0f}s; log: {process.log_path}")
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def measure_tcp(args: JoiningArguments, swarm: LocalSwarm, placement: Placement, run_dir: Path, nbytes: int) -> dict:
+    """Plain TCP from the donor's host to the joiner's (the state's direction), one process at each end."""
+    port = free_tcp_port()
+    common = ["--nbytes", str(nbytes), "--transfers", str(args.transfers), "--port", str(port)]
+    receiver = placement.start(swarm, "tcp-receiver", "joiner", [
+        "--role", "tcp_receiver", "--output", str(run_dir / "tcp-receiver.json"),
+        "--listen_host", placement.address("joiner"), *common])
+    wait_for_output(receiver, run_dir / "tcp-receiver.json", args.startup_timeout)
+    sender = placement.start(swarm, "tcp-sender", "donor", [
+        "--role", "tcp_sender", "--output", str(run_dir / "tcp-sender.json"),
+        "--connect_host", placement.address("joiner"), *common])
+    wait_for_exit(sender, args.download_timeout)
+    wait_for_exit(receiver, 60)
+    return json.loads((run_dir / "tcp-sender.json").read_text())
+
+
+def run(args: JoiningArguments, placement: Placement, run_dir: Path) -> dict:
+    model = ["--model_preset", args.model_preset, "--vocab_size", str(args.vocab_size), "--compression",
+             args.compression, "--seed", str(args.seed)]
+    donor_info = run_dir / "donor.json"
+    with LocalSwarm(run_dir / "logs") as swarm:
+        donor = placement.start(swarm, "donor", "donor", ["--role", "donor", "--output", str(donor_info),
+                                                          "--listen_host", placement.address("donor"), *model])
+        donor_report = wait_for_output(donor, donor_info, args.startup_timeout)
+        join_bytes = donor_report["state_bytes"] + donor_report["gradient_bytes"]
+        logger.info(f"Donor ready: {donor_report['state_bytes'] / MB:.1f} MB of state, "
+                    f"{donor_report['gradient_bytes'] / MB:.1f} MB of gradient buffers; plain TCP first")
+        tcp = measure_tcp(args, swarm, placement, run_dir, join_bytes)
+        logger.info(f"Plain TCP: {[round(s, 3) for s in tcp['seconds']]} s; now the joiner")
+        launched = time.time()
+        joiner = placement.start(swarm, "joiner", "joiner", [
+            "--role", "joiner", "--output", str(run_dir / "joiner.json"), "--donor_info", str(donor_info),
+            "--listen_host", placement.address("joiner"), "--downloads", str(args.downloads),
+            "--load_state_timeout", str(args.download_timeout), *model])
+        wait_for_exit(joiner, args.startup_timeout + args.download_timeout)
+        joiner_report = json.loads((run_dir / "joiner.json").read_text())
+    return dict(donor=donor_report, tcp=tcp, joiner=joiner_report, joiner_launched=launched)
+
+
+def analyse(raw: dict) -> dict:
+    """Rates and ratios from the processes' raw reports."""
+    donor, joiner, tcp = raw["donor"], raw["joiner"], raw["tcp"]
+    state_bytes, gradient_bytes = donor["state_bytes"], donor["gradient_bytes"]
+    downloads = joiner["downloads"]
+    tcp_seconds = summarize(tcp["seconds"])
+    tcp_rate = tcp["nbytes"] / tcp_seconds["median"]
+    join_bytes = state_bytes + gradient_bytes
+    first = downloads[0]
+    all_totals = [d["total_s"] for d in downloads]
+    return dict(
+        parameters=donor["parameters"], state_bytes=state_bytes, gradient_bytes=gradient_bytes,
+        join_bytes=join_bytes, state_tensors=donor["state_tensors"],
+        first_download_s=first["total_s"], first_state_s=first.get("state_s"),
+        first_gradients_s=first.get("gradients_s"), download_s=summarize(all_totals),
+        state_s=summarize([d["state_s"] for d in downloads if "state_s" in d]),
+        gradients_s=summarize([d["gradients_s"] for d in downloads if "gradients_s" in d]),
+        download_rate_mb_s=join_bytes / summarize(all_totals)["median"] / MB,
+        state_rate_mb_s=state_bytes / summarize([d["state_s"] for d in downloads])["median"] / MB,
+        tcp_s=tcp_seconds, tcp_rate_mb_s=tcp_rate / MB, tcp_time_for_join_bytes_s=join_bytes / tcp_rate,
+        ratio_to_tcp=summarize(all_totals)["median"] / (join_bytes / tcp_rate),
+        all_loaded=all(d["loaded"] for d in downloads),
+        all_match_donor=all(d["state_matches_donor"] for d in downloads),
+        joiner_startup_s=joiner["peer_ready"] - raw["joiner_launched"],
+    )
+
+
+def table(report: dict) -> str:
+    result = report["result"]
+    cap = report["settings"]["bandwidth_mbit"]
+    link = ("loopback (127.0.0.1)" if cap is None
+            else f"network lab, links capped at {cap:g} Mbit/s ({cap / 8:.3g} MB/s)")
+    rows = [
+        ("link", link),
+        ("model / parameters", f"{report['settings']['model_preset']} / {result['parameters']:,}"),
+        ("state: parameters + LAMB exp_avg + exp_avg_sq (MB, fp32)",
+         f"{result['state_bytes'] / MB:.1f} ({result['state_tensors']} tensors)"),
+        ("gradient averager's buffers, also downloaded, then discarded (MB)", f"{result['gradient_bytes'] / MB:.1f}"),
+        ("bytes moved per join (MB)", f"{result['join_bytes'] / MB:.1f}"),
+        ("first download: total / state / gradient buffers (s)",
+         f"{result['first_download_s']:.2f} / {result['first_state_s']:.2f} / {result['first_gradients_s']:.2f}"),
+        ("all downloads: median (min-max) (s)", _spread(result["download_s"])),
+        ("effective rate of a join (MB/s)", _rate(result["download_rate_mb_s"])),
+        ("effective rate of the state download alone (MB/s)", _rate(result["state_rate_mb_s"])),
+        ("plain TCP, same bytes: median (min-max) (s)", _spread(result["tcp_s"])),
+        ("plain TCP rate (MB/s)", _rate(result["tcp_rate_mb_s"])),
+        ("join download time / plain TCP time", f"{result['ratio_to_tcp']:.2f}"),
+        ("state arrived bit for bit, every download", "yes" if result["all_match_donor"] else "**NO**"),
+        ("joiner start-up: process start to optimizer built (s)", f"{result['joiner_startup_s']:.1f}"),
+    ]
+    return markdown_table(["measure", "value"], rows)
+
+
+def _rate(mb_per_s: float) -> str:
+    return f"{mb_per_s:,.0f}" if mb_per_s >= 100 else f"{mb_per_s:.1f}"
+
+
+def _spread(seconds: dict) -> str:
+    return f"{seconds['median']:.2f} ({seconds['min']:.2f}-{seconds['max']:.2f})"
+
+
+def plot(report: dict, path: Path) -> None:
+    plt = pyplot()
+    raw, result = report["raw"], report["result"]
+    downloads = raw["joiner"]["downloads"]
+    transfers = len(raw["tcp"]["seconds"])
+    labels = [f"join {d['index'] + 1}" for d in downloads] + [f"TCP {i + 1}" for i in range(transfers)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = range(len(labels))
+    state = [d.get("state_s", 0.0) for d in downloads] + [0.0] * transfers
+    grads = [d.get("gradients_s", 0.0) for d in downloads] + [0.0] * transfers
+    rest = [d["total_s"] - d.get("state_s", 0.0) - d.get("gradients_s", 0.0) for d in downloads]
+    tcp = [0.0] * len(downloads) + raw["tcp"]["seconds"]
+    ax.bar(xs, state, label=f"state: parameters + LAMB ({result['state_bytes'] / MB:.0f} MB)", color="tab:blue")
+    ax.bar(xs, grads, bottom=state, label=f"gradient buffers, discarded ({result['gradient_bytes'] / MB:.0f} MB)",
+           color="tab:orange")
+    ax.bar(xs, rest + [0.0] * transfers, bottom=[s + g for s, g in zip(state, grads)],
+           label="rest of load_state_from_peers", color="tab:gray")
+    ax.bar(xs, tcp, label=f"plain TCP, same {result['join_bytes'] / MB:.0f} MB", color="tab:green")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("seconds")
+    cap = report["settings"]["bandwidth_mbit"]
+    link = "loopback" if cap is None else f"{cap:g} Mbit/s"
+    ax.set_title(f"Joining: downloading the {report['settings']['model_preset']} training state ({link})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    setup_logging()
+    (args,) = parse_arguments((JoiningArguments,), argv, description=__doc__)
+    machine = machine_info()
+    run_dir = Path(args.output_dir).resolve() / args.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    if args.bandwidth_mbit is None:
+        raw = run(args, Placement(), run_dir)
+    else:
+        raw = run_in_lab(args, lambda lab: run(args, Placement(lab), run_dir))
+    report = dict(benchmark="joining", machine=machine, settings=vars(args), result=analyse(raw), raw=raw)
+    markdown = table(report)
+    paths = write_results(Path(args.results_dir), args.name, report, markdown, plot)
+    print(markdown)
+    print(f"\nReport: {paths[0]}, plot: {paths[2]}, logs: {run_dir / 'logs'}")
+    if not (report["result"]["all_loaded"] and report["result"]["all_match_donor"]):
+        raise UserError(f"a download did not deliver the donor's state (see {paths[0]})")
+
+
+def run_in_lab(args: JoiningArguments, body: Callable) -> dict:
+    """Donor and joiner on two public hosts of a network lab, each link capped at --bandwidth_mbit."""
+    from collab.netlab import NetworkLab
+
+    with NetworkLab() as lab:
+        lab.add_public_host("donor", bandwidth_mbit=args.bandwidth_mbit)
+        lab.add_public_host("joiner", bandwidth_mbit=args.bandwidth_mbit)
+        return body(lab)
+
+
+if __name__ == "__main__":
+    run_main(main)

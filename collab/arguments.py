@@ -101,12 +101,15 @@ class PeerArguments:
             raise UserError(f"--run_id {self.run_id!r} is invalid: use a non-empty name without dots")
         if self.client_mode and not self.initial_peers:
             raise UserError("--client_mode needs --initial_peers: a client cannot be the first peer of a swarm")
+        if self.use_ipfs and self.initial_peers:
+            raise UserError("--use_ipfs finds peers through the public IPFS DHT and cannot be combined with "
+                            "--initial_peers (hivemind refuses both): pass one of them")
         if self.trusted_relays:
             if self.client_mode:
                 raise UserError("--trusted_relays makes this peer reachable through relays, --client_mode makes it "
                                 "unreachable: pass one of them")
             if not self.use_relay:
-                raise UserError("--trusted_relays needs relays: drop --use_relay false")
+                raise UserError("--trusted_relays needs --use_relay (the default): drop --use_relay false")
             self.use_auto_relay = True  # relays to reserve on only make sense with auto relay (the daemon insists)
 
 

@@ -273,9 +273,9 @@ class CollaborativeTrainer:
             group_size=group_size,
         )
         mean_loss = self.loss_sum / max(self.mini_steps, 1)
-        logger.info(f"Global step {step}: local loss {mean_loss:.4f} over {self.samples} samples, averaged with "
-                    f"{group_size} peer(s), lr {self.opt.param_groups[0]['lr']:.3g}, "
-                    f"{metrics.samples_per_second:.1f} samples/s")
+        shared = f"averaged in a group of {group_size}" if group_size >= 2 else "no averaging (alone)"
+        logger.info(f"Global step {step}: local loss {mean_loss:.4f} over {self.samples} samples, {shared}, "
+                    f"lr {self.opt.param_groups[0]['lr']:.3g}, {metrics.samples_per_second:.1f} samples/s")
         if self.reporter is not None:
             self.reporter.report(metrics)
         probe = self.probe.read()

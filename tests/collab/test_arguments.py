@@ -27,11 +27,12 @@ def test_paper_era_flag_names_parse():
         "--target_batch_size", "4096", "--batch_size_lead", "64", "--client_mode", "--bandwidth", "100",
         "--averaging_timeout", "90", "--matchmaking_time", "4.5", "--compression", "size-adaptive",
         "--host_maddrs", "/ip4/0.0.0.0/tcp/31337", "--announce_maddrs", "/ip4/1.2.3.4/tcp/31337",
-        "--identity_path", "id.key", "--use_ipfs", "--per_device_train_batch_size", "4",
+        "--identity_path", "id.key", "--per_device_train_batch_size", "4",
         "--gradient_accumulation_steps", "2", "--learning_rate", "0.00176", "--warmup_steps", "5000",
         "--seed", "7", "--output_dir", "out", "--logging_steps", "5", "--fp16",
     )
-    assert peer.run_id == "my_run" and len(peer.initial_peers) == 2 and peer.client_mode and peer.use_ipfs
+    assert peer.run_id == "my_run" and len(peer.initial_peers) == 2 and peer.client_mode
+    assert parse("--use_ipfs")[0].use_ipfs  # hivemind 1.x refuses it together with --initial_peers
     assert peer.announce_maddrs == ["/ip4/1.2.3.4/tcp/31337"] and peer.identity_path == "id.key"
     assert collab.target_batch_size == 4096 and collab.batch_size_lead == 64 and collab.bandwidth == 100.0
     assert collab.averaging_timeout == 90 and collab.matchmaking_time == 4.5 and collab.compression == "size-adaptive"
@@ -74,7 +75,8 @@ def test_bad_presets_are_one_line_errors(tmp_path, content, message):
     (["--per_device_train_batch_size", "0"], "must be positive"),
     (["--config", "/nonexistent.json"], "no such file"),
     (["--client_mode", "--initial_peers", RELAY, "--trusted_relays", RELAY], "pass one of them"),
-    (["--trusted_relays", RELAY, "--use_relay", "false"], "needs relays"),
+    (["--trusted_relays", RELAY, "--use_relay", "false"], "needs --use_relay"),
+    (["--use_ipfs", "--initial_peers", RELAY], "cannot be combined"),
 ])
 def test_cross_field_checks(argv, message):
     with pytest.raises(UserError, match=message):

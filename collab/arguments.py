@@ -69,7 +69,8 @@ class PeerArguments:
         ),
     )
     use_relay: bool = field(
-        default=True, metadata=_help("Allow reaching peers that are only reachable via a relay (p2p-circuit addresses).")
+        default=True,
+        metadata=_help("Allow reaching peers that are only reachable via a relay (p2p-circuit addresses)."),
     )
     use_auto_relay: bool = field(
         default=False,

@@ -9,8 +9,8 @@ such an address (go-libp2p's autorelay drops them), so a lab internet on 10.X wo
 11.0.0.0/8 is not announced on the real internet, and nothing in the lab has a route out of it anyway.
 
 A router masquerades its private subnet behind its public address and silently drops connections that start
-on the public side, to itself or to the hosts behind it, as a home router does. tc has no netem here, so links have bandwidth caps (tbf, both
-directions) but no delay or loss.
+on the public side, to itself or to the hosts behind it, as a home router does. tc has no netem here, so links
+have bandwidth caps (tbf, both directions) but no delay or loss.
 
 Names are `<prefix><owner pid>-<block>[-<host>]` (e.g. `dlab-4711-23-relay`): the block is chosen under a lock
 among those no namespace of the prefix uses, so two labs never share names or addresses, and the pid lets

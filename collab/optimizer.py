@@ -215,6 +215,29 @@ class SwarmOptimizer(hivemind.Optimizer):
         self.discarded_accumulations += not valid
         return valid
 
+    def _others_in_swarm(self) -> bool:
+        """Whether the progress tracker sees another peer: hivemind's own test, at the global step, for holding a
+        gradient round and a state round at all (`num_peers > 1` in _begin_averaging_gradients and
+        _update_global_epoch); a lone peer proceeds with its local gradients and averages no state."""
+        return self.tracker.global_progress.num_peers > 1
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        # hivemind pre-schedules the gradient round `matchmaking_time` before each global step even for a lone peer,
+        # then cancels it at the step ("Skipping pre-scheduled averaging round: there are no other peers"). Until
+        # then the averager's matchmaking, finding no leader, asks the DHT for one again at once, in a loop
+        # (PotentialLeaders: an empty queue re-triggers get_averagers), which costs the averager, DHT, libp2p daemon
+        # and the DHT neighbours CPU for nothing (benchmarks/training_overhead.py: most of a lone trainer's
+        # overhead on a CPU). So pre-schedule only when the tracker sees another peer, hivemind's own condition for
+        # holding the round: it is checked again at every local step, and if another peer appears only at the
+        # global step, hivemind starts the round there (grad_averager.step without a pre-scheduled control).
+        if self._others_in_swarm():
+            super()._maybe_schedule_gradient_averaging()
+
+    def _maybe_schedule_state_averaging(self) -> None:
+        # Same as above for the state round, which hivemind holds only when `num_peers > 1` at the global step.
+        if self._others_in_swarm():
+            super()._maybe_schedule_state_averaging()
+
     def load_state_from_peers(self, **kwargs) -> bool:
         """Download the newest state, trying again with back-off when donors fail; True if a state arrived.
 
@@ -249,9 +272,10 @@ class SwarmOptimizer(hivemind.Optimizer):
                 return False
             started = time.monotonic()
             try:
+                # hivemind's Optimizer also downloads the donor's gradient buffers here, then never loads them
+                # (DecentralizedAverager only returns them) and zeroes the accumulators: a quarter of an
+                # ALBERT-large join's bytes for nothing (benchmarks/joining.py). We skip that download.
                 epoch = self.state_averager.load_state_from_peers(timeout=self.load_state_timeout, **kwargs)
-                if epoch is not None and self.grad_averager is not None:
-                    self.grad_averager.load_state_from_peers(timeout=self.load_state_timeout, **kwargs)
                 problem = None if epoch is not None else f"none of the {len(donors)} peer(s) offering it sent it"
             except Exception as e:  # timeouts, vanished peers, truncated streams
                 epoch, problem = None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

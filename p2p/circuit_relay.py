@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 VALUES = {"alice": 1.0, "bob": 3.0}
 SMALL, LARGE = 1000, 100_000  # float32 values: 4 KB fit in a relayed connection's 128 KiB, 400 KB do not
+# Rounds of the small size: on 2 busy cores hivemind now and then ends a round with one peer missing the other's
+# part (also without relays, see benchmarks/README.md); the exchange works if one round is exact for both.
+SMALL_ROUNDS = 3
 
 
 @dataclass
@@ -69,10 +72,11 @@ def run(args: ScenarioArguments, relay_args: RelayArguments) -> dict:
                   tcp_connect(lab, "bob", lab.address("home1"), PEER_PORT),
                   tcp_connect(lab, "alice", lab.address("home2"), PEER_PORT)]
         reachability = ["--force_reachability", "private"] if relay_args.force_private else []
+        sizes = [SMALL] * SMALL_ROUNDS + ([LARGE] if relay_args.large else [])
         peers = {name: LabPeer(lab, name, name, join + [
             "--use_auto_relay", "--trusted_relays", relay_maddr, *reachability, "--wait_for_relay",
-            "--average", str(value), "--average_sizes", str(SMALL), *([str(LARGE)] if relay_args.large else []),
-            "--averaging_attempts", "3", "--stay", str(relay_args.stay)], output_dir) for name, value in VALUES.items()}
+            "--average", str(value), "--average_sizes", *map(str, sizes), "--averaging_attempts", "3",
+            "--stay", str(relay_args.stay)], output_dir) for name, value in VALUES.items()}
         ids = {name: peer.wait_event("ready", 120)["peer_id"] for name, peer in peers.items()}
         for peer in peers.values():
             peer.wait(480)
@@ -99,7 +103,8 @@ def run(args: ScenarioArguments, relay_args: RelayArguments) -> dict:
     report["checks"] = {
         "no direct connection between the homes": not any(probe["ok"] for probe in direct),
         "both reachable through the relay": all(report["relay_addresses"].values()),
-        f"averaged {SMALL} values through the relay": all(_exact(rounds, SMALL) for rounds in report["rounds"].values()),
+        f"averaged {SMALL} values through the relay (an exact round of {SMALL_ROUNDS})":
+            _exact_together(report["rounds"]),
         "their connection is relayed": any(any("/p2p-circuit" in a for a in addrs) for addrs in connections)
         and not any(report["hole_punched"].values()),
     }
@@ -113,6 +118,13 @@ def _exact(rounds: list[dict], size: int) -> bool:
     """Did the round of this size end with every value equal to the mean of the two peers' values (2.0)?"""
     mean = sum(VALUES.values()) / len(VALUES)
     return any(r["event"] == "averaged" and r["size"] == size and r["min"] == r["max"] == mean for r in rounds)
+
+
+def _exact_together(rounds_by_peer: dict[str, list[dict]]) -> bool:
+    """Was some round of the small size exact on both peers at once (the same round, so a real exchange)?"""
+    per_peer = [[r for r in rounds if r["size"] == SMALL] for rounds in rounds_by_peer.values()]
+    return any(all(_exact([peer_rounds[i]], SMALL) for peer_rounds in per_peer)
+               for i in range(min(map(len, per_peer), default=0)))
 
 
 def _relay_wait(peer: LabPeer) -> float | None:

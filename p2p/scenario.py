@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -44,8 +45,7 @@ class ScenarioArguments:
 
 def prepare_output(args: ScenarioArguments, scenario: str) -> Path:
     output_dir = Path(args.output_dir or f"outputs/p2p/{scenario}").resolve()
-    if output_dir.exists():
-        subprocess.run(["rm", "-rf", str(output_dir)], check=True)
+    shutil.rmtree(output_dir, ignore_errors=True)  # a scenario always starts from scratch
     output_dir.mkdir(parents=True)
     logging.getLogger("collab.netlab").setLevel(logging.INFO if args.verbose else logging.WARNING)
     return output_dir
@@ -191,7 +191,8 @@ class AlbertLabSwarm:
     def start_trainer(self, name: str, host: str, extra: Sequence[str] = ()) -> PeerProcess:
         args = self.common + self._join() + listen_on(PEER_PORT) + ["--output_dir", str(self.output_dir / name),
                                                                     "--seed", "42", *extra]
-        self.trainers[name] = self.swarm.start(name, "albert/run_trainer.py", args, wrap=partial(self.lab.command, host))
+        self.trainers[name] = self.swarm.start(name, "albert/run_trainer.py", args,
+                                               wrap=partial(self.lab.command, host))
         return self.trainers[name]
 
     def _join(self) -> list[str]:
@@ -245,7 +246,8 @@ class AlbertLabSwarm:
         steps = self.steps(name)
         return dict(
             steps=len(steps),
-            averaged_with_others=sorted(s for s, e in steps.items() if e["round"] == "averaged" and e["group_size"] >= 2),
+            averaged_with_others=sorted(step for step, e in steps.items()
+                                        if e["round"] == "averaged" and e["group_size"] >= 2),
             group_sizes={str(s): e["group_size"] for s, e in sorted(steps.items())},
             samples=sum(e["samples_accumulated"] for e in steps.values()),
             counted_by_monitor=self.counted_by_monitor(name),

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Joining cost: how long a new peer takes to download the full training state of ALBERT-large, against the bytes
-it moves and the rate of the link.
+"""Joining cost: how long a new peer takes to download the training state of ALBERT-large, against the bytes it
+moves and the rate of the link.
 
 A donor process holds the training state as the project builds it (albert/model.py's albert-large, LAMB from
 collab/optimizer.py's SwarmOptimizer, filled with non-zero values); a joiner process downloads it the way a new
-trainer does (SwarmOptimizer.load_state_from_peers: parameters and LAMB statistics from the state averager, then
-the gradient averager's buffers), --downloads times, checking each time that the state arrived bit for bit. The
+trainer does, through the project's own path (SwarmOptimizer.load_state_from_peers: parameters and LAMB statistics
+from the state averager), --downloads times, checking each time that the state arrived bit for bit. The joiner
+counts what each of its averagers received (a hook on hivemind's DecentralizedAverager.load_state_from_peers, which
+every state download goes through) and, on capped links, the bytes that came in on its network interface. A join
+moves the state only: hivemind's Optimizer also downloads the gradient averager's buffers (a quarter more bytes,
+then discarded), which SwarmOptimizer no longer does; the report shows how many such downloads happened (0). The
 same number of bytes then goes through a plain TCP connection between two processes: the link's own rate.
 On loopback by default; with --bandwidth_mbit (root), donor and joiner sit on capped links of the network lab
 (collab/netlab.py). Writes benchmarks/results/joining.json, .md and .png (--name changes the file names).
 
     python benchmarks/joining.py                            # the committed run: albert-large on loopback (~1 min)
     python benchmarks/joining.py --bandwidth_mbit 100 --downloads 2 --transfers 2 --name joining-100mbit  # root
+    python benchmarks/joining.py --bandwidth_mbit 1000 --downloads 3 --transfers 3 --name joining-1000mbit  # root
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ class JoiningArguments:
         default="none",
         metadata=dict(help="The peers' --compression. It applies to averaging only: the project downloads state "
                            "uncompressed either way.", choices=list(COMPRESSION_CHOICES)))
-    downloads: int = field(default=5, metadata=dict(help="Downloads of the full state by the joiner, one after "
+    downloads: int = field(default=5, metadata=dict(help="Downloads of the training state by the joiner, one after "
                                                          "another (the first one is what a new peer pays)."))
     transfers: int = field(default=5, metadata=dict(help="Plain TCP transfers of the same bytes."))
     bandwidth_mbit: Optional[float] = field(
@@ -133,16 +138,18 @@ def run(args: JoiningArguments, placement: Placement, run_dir: Path) -> dict:
         donor = placement.start(swarm, "donor", "donor", ["--role", "donor", "--output", str(donor_info),
                                                           "--listen_host", placement.address("donor"), *model])
         donor_report = wait_for_output(donor, donor_info, args.startup_timeout)
-        join_bytes = donor_report["state_bytes"] + donor_report["gradient_bytes"]
-        logger.info(f"Donor ready: {donor_report['state_bytes'] / MB:.1f} MB of state, "
-                    f"{donor_report['gradient_bytes'] / MB:.1f} MB of gradient buffers; plain TCP first")
+        join_bytes = donor_report["state_bytes"]  # what a join moves: the state, not the gradient buffers
+        logger.info(f"Donor ready: {donor_report['state_bytes'] / MB:.1f} MB of state (its "
+                    f"{donor_report['gradient_bytes'] / MB:.1f} MB of gradient buffers are not downloaded); plain TCP "
+                    f"first")
         tcp = measure_tcp(args, swarm, placement, run_dir, join_bytes)
         logger.info(f"Plain TCP: {[round(s, 3) for s in tcp['seconds']]} s; now the joiner")
         launched = time.time()
         joiner = placement.start(swarm, "joiner", "joiner", [
             "--role", "joiner", "--output", str(run_dir / "joiner.json"), "--donor_info", str(donor_info),
             "--listen_host", placement.address("joiner"), "--downloads", str(args.downloads),
-            "--load_state_timeout", str(args.download_timeout), *model])
+            "--load_state_timeout", str(args.download_timeout), *model,
+            *(["--count_interface_bytes"] if placement.lab is not None else [])])
         wait_for_exit(joiner, args.startup_timeout + args.download_timeout)
         joiner_report = json.loads((run_dir / "joiner.json").read_text())
     return dict(donor=donor_report, tcp=tcp, joiner=joiner_report, joiner_launched=launched)
@@ -155,20 +162,31 @@ def analyse(raw: dict) -> dict:
     downloads = joiner["downloads"]
     tcp_seconds = summarize(tcp["seconds"])
     tcp_rate = tcp["nbytes"] / tcp_seconds["median"]
-    join_bytes = state_bytes + gradient_bytes
+    received = summarize([d["received_bytes"] for d in downloads])
+    join_bytes = received["median"]  # measured: what the joiner's averagers received per join
+    totals = summarize([d["total_s"] for d in downloads])
+    state_s = summarize([d["state_s"] for d in downloads])
+    state_load_s = summarize([d["state_load_s"] for d in downloads])
+    wire = [d["interface_rx_bytes"] for d in downloads if d.get("interface_rx_bytes") is not None]
     first = downloads[0]
-    all_totals = [d["total_s"] for d in downloads]
     return dict(
-        parameters=donor["parameters"], state_bytes=state_bytes, gradient_bytes=gradient_bytes,
-        join_bytes=join_bytes, state_tensors=donor["state_tensors"],
-        first_download_s=first["total_s"], first_state_s=first.get("state_s"),
-        first_gradients_s=first.get("gradients_s"), download_s=summarize(all_totals),
-        state_s=summarize([d["state_s"] for d in downloads if "state_s" in d]),
-        gradients_s=summarize([d["gradients_s"] for d in downloads if "gradients_s" in d]),
-        download_rate_mb_s=join_bytes / summarize(all_totals)["median"] / MB,
-        state_rate_mb_s=state_bytes / summarize([d["state_s"] for d in downloads])["median"] / MB,
+        parameters=donor["parameters"], state_bytes=state_bytes, state_tensors=donor["state_tensors"],
+        gradient_buffer_bytes=gradient_bytes, join_bytes=join_bytes, received_bytes=received,
+        state_downloads=sum(d["state_downloads"] for d in downloads),
+        gradient_downloads=sum(d["gradient_downloads"] for d in downloads),
+        gradient_received_bytes=sum(d["gradient_received_bytes"] for d in downloads),
+        other_downloads=sum(d.get("other_downloads", 0) for d in downloads),
+        every_join_moved_the_state_only=all(
+            d["received_bytes"] == d["state_received_bytes"] == state_bytes and d["state_downloads"] == 1
+            and d["gradient_downloads"] == 0 for d in downloads),
+        interface_rx_bytes=summarize(wire) if wire else None,
+        interface_rx_to_state=summarize(wire)["median"] / state_bytes if wire else None,
+        first_download_s=first["total_s"], first_state_s=first["state_s"], first_state_load_s=first["state_load_s"],
+        download_s=totals, state_s=state_s, state_load_s=state_load_s,
+        download_rate_mb_s=join_bytes / totals["median"] / MB,
+        state_rate_mb_s=state_bytes / state_s["median"] / MB,
         tcp_s=tcp_seconds, tcp_rate_mb_s=tcp_rate / MB, tcp_time_for_join_bytes_s=join_bytes / tcp_rate,
-        ratio_to_tcp=summarize(all_totals)["median"] / (join_bytes / tcp_rate),
+        ratio_to_tcp=totals["median"] / (join_bytes / tcp_rate),
         all_loaded=all(d["loaded"] for d in downloads),
         all_match_donor=all(d["state_matches_donor"] for d in downloads),
         joiner_startup_s=joiner["peer_ready"] - raw["joiner_launched"],
@@ -180,18 +198,21 @@ def table(report: dict) -> str:
     cap = report["settings"]["bandwidth_mbit"]
     link = ("loopback (127.0.0.1)" if cap is None
             else f"network lab, links capped at {cap:g} Mbit/s ({cap / 8:.3g} MB/s)")
+    wire = result["interface_rx_bytes"]
     rows = [
         ("link", link),
         ("model / parameters", f"{report['settings']['model_preset']} / {result['parameters']:,}"),
         ("state: parameters + LAMB exp_avg + exp_avg_sq (MB, fp32)",
          f"{result['state_bytes'] / MB:.1f} ({result['state_tensors']} tensors)"),
-        ("gradient averager's buffers, also downloaded, then discarded (MB)", f"{result['gradient_bytes'] / MB:.1f}"),
-        ("bytes moved per join (MB)", f"{result['join_bytes'] / MB:.1f}"),
-        ("first download: total / state / gradient buffers (s)",
-         f"{result['first_download_s']:.2f} / {result['first_state_s']:.2f} / {result['first_gradients_s']:.2f}"),
+        ("bytes received per join, measured (MB)", f"{result['join_bytes'] / MB:.1f}"),
+        (f"gradient averager's buffers ({result['gradient_buffer_bytes'] / MB:.1f} MB; hivemind's Optimizer "
+         f"downloads them too): downloads, all joins", f"{result['gradient_downloads']}"),
+        ("bytes in on the joiner's interface per join, all traffic (MB; x state)",
+         "n/a on loopback" if wire is None else f"{wire['median'] / MB:.1f} (x{result['interface_rx_to_state']:.3f})"),
+        ("first download: total / state averager's whole download / its receiving part (s)",
+         f"{result['first_download_s']:.2f} / {result['first_state_load_s']:.2f} / {result['first_state_s']:.2f}"),
         ("all downloads: median (min-max) (s)", _spread(result["download_s"])),
         ("effective rate of a join (MB/s)", _rate(result["download_rate_mb_s"])),
-        ("effective rate of the state download alone (MB/s)", _rate(result["state_rate_mb_s"])),
         ("plain TCP, same bytes: median (min-max) (s)", _spread(result["tcp_s"])),
         ("plain TCP rate (MB/s)", _rate(result["tcp_rate_mb_s"])),
         ("join download time / plain TCP time", f"{result['ratio_to_tcp']:.2f}"),
@@ -215,24 +236,26 @@ def plot(report: dict, path: Path) -> None:
     downloads = raw["joiner"]["downloads"]
     transfers = len(raw["tcp"]["seconds"])
     labels = [f"join {d['index'] + 1}" for d in downloads] + [f"TCP {i + 1}" for i in range(transfers)]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     xs = range(len(labels))
-    state = [d.get("state_s", 0.0) for d in downloads] + [0.0] * transfers
-    grads = [d.get("gradients_s", 0.0) for d in downloads] + [0.0] * transfers
-    rest = [d["total_s"] - d.get("state_s", 0.0) - d.get("gradients_s", 0.0) for d in downloads]
+    pad = [0.0] * transfers
+    receive = [d["state_s"] for d in downloads] + pad
+    load = [d["state_load_s"] - d["state_s"] for d in downloads] + pad
+    rest = [d["total_s"] - d["state_load_s"] for d in downloads] + pad
     tcp = [0.0] * len(downloads) + raw["tcp"]["seconds"]
-    ax.bar(xs, state, label=f"state: parameters + LAMB ({result['state_bytes'] / MB:.0f} MB)", color="tab:blue")
-    ax.bar(xs, grads, bottom=state, label=f"gradient buffers, discarded ({result['gradient_bytes'] / MB:.0f} MB)",
-           color="tab:orange")
-    ax.bar(xs, rest + [0.0] * transfers, bottom=[s + g for s, g in zip(state, grads)],
-           label="rest of load_state_from_peers", color="tab:gray")
+    ax.bar(xs, receive, label=f"receiving the state: parameters + LAMB ({result['state_bytes'] / MB:.0f} MB)",
+           color="tab:blue")
+    ax.bar(xs, load, bottom=receive, label="loading it into the model and LAMB", color="tab:cyan")
+    rest_label = ("rest of SwarmOptimizer.load_state_from_peers (no gradient buffers)"
+                  if result["gradient_downloads"] == 0 else "rest, including the gradient buffers' download")
+    ax.bar(xs, rest, bottom=[r + l for r, l in zip(receive, load)], label=rest_label, color="tab:gray")
     ax.bar(xs, tcp, label=f"plain TCP, same {result['join_bytes'] / MB:.0f} MB", color="tab:green")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("seconds")
     cap = report["settings"]["bandwidth_mbit"]
     link = "loopback" if cap is None else f"{cap:g} Mbit/s"
     ax.set_title(f"Joining: downloading the {report['settings']['model_preset']} training state ({link})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,6 +279,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"\nReport: {paths[0]}, plot: {paths[2]}, logs: {run_dir / 'logs'}")
     if not (report["result"]["all_loaded"] and report["result"]["all_match_donor"]):
         raise UserError(f"a download did not deliver the donor's state (see {paths[0]})")
+    if not report["result"]["every_join_moved_the_state_only"]:
+        logger.warning(f"A join received more than the state (gradient buffers: "
+                       f"{report['result']['gradient_downloads']} download(s)); see {paths[0]}")
 
 
 def run_in_lab(args: JoiningArguments, body: Callable) -> dict:

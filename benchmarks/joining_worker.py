@@ -4,7 +4,9 @@
 --role donor: a peer holding the full training state of ALBERT-large (parameters and LAMB statistics, built by the
 project's own albert/model.py and collab/optimizer.py), offering it for download until it is stopped.
 --role joiner: a new peer that downloads that state the way a new trainer does (SwarmOptimizer.load_state_from_peers),
-several times, timing each download and checking that what arrived equals the donor's state bit for bit.
+several times, timing each download, counting what each of its averagers received (hivemind's
+DecentralizedAverager.load_state_from_peers, which every state download goes through) and, on a lab host, the bytes
+that came in on its network interface, and checking that what arrived equals the donor's state bit for bit.
 --role tcp_receiver / tcp_sender: a plain TCP transfer of the same number of bytes, for the link's own rate.
 
 Every role writes what it measured to --output (JSON). Started by benchmarks/joining.py; not meant to be run by hand.
@@ -49,6 +51,9 @@ class JoiningWorkerArguments:
     donor_info: str = field(default="", metadata=dict(help="joiner: the donor's --output (its address and digests)."))
     downloads: int = field(default=3, metadata=dict(help="joiner: downloads of the full state, one after another."))
     load_state_timeout: float = field(default=600.0, metadata=dict(help="joiner: seconds one download may take."))
+    count_interface_bytes: bool = field(default=False, metadata=dict(
+        help="joiner: also count the bytes received on this host's network interfaces (all but lo) during each "
+             "download; meaningful on a network-lab host only, where they carry nothing but this peer's traffic."))
     nbytes: int = field(default=0, metadata=dict(help="tcp_*: bytes per transfer."))
     transfers: int = field(default=3, metadata=dict(help="tcp_*: transfers, one after another."))
     port: int = field(default=0, metadata=dict(help="tcp_*: the receiver's port."))
@@ -97,7 +102,8 @@ def state_tensors(optimizer) -> list:
 
 
 def gradient_buffers(optimizer) -> list:
-    """What a new peer then downloads from the gradient averager (SwarmOptimizer._download_state does both)."""
+    """The gradient averager's buffers, which hivemind's Optimizer also downloads on a join and then discards;
+    SwarmOptimizer._download_state no longer does (the joiner counts it: gradient_downloads must stay 0)."""
     _, tensors, _ = optimizer.grad_averager.get_current_state()
     return list(tensors)
 
@@ -153,17 +159,66 @@ def run_donor(args: JoiningWorkerArguments) -> None:
         dht.shutdown()
 
 
+class DownloadRecorder:
+    """Sees every state download of this process: hooks hivemind's DecentralizedAverager.load_state_from_peers,
+    which the state averager's download (and the gradient averager's, if anything still asked for it) goes through,
+    whoever calls it. Per averager: downloads, seconds, and the bytes of the tensors that came back."""
+
+    def __init__(self, averagers: dict):
+        from hivemind.averaging.averager import DecentralizedAverager
+
+        self.cls, self.averagers, self.record = DecentralizedAverager, averagers, {}
+        self.original = DecentralizedAverager.__dict__["load_state_from_peers"]
+
+    def start(self) -> dict:
+        """A fresh record for the next download: {averager name: dict(downloads, seconds, received_bytes)}."""
+        self.record = {name: dict(downloads=0, seconds=0.0, received_bytes=0) for name in self.averagers}
+        return self.record
+
+    def __enter__(self) -> "DownloadRecorder":
+        recorder, original = self, self.original
+
+        def load_state_from_peers(averager, *args, **kwargs):
+            name = next((name for name, known in recorder.averagers.items() if known is averager), "other")
+            entry = recorder.record.setdefault(name, dict(downloads=0, seconds=0.0, received_bytes=0))
+            started, result = time.perf_counter(), None
+            try:
+                result = original(averager, *args, **kwargs)
+                return result
+            finally:
+                entry["downloads"] += 1
+                entry["seconds"] += time.perf_counter() - started
+                if isinstance(result, tuple):  # (metadata, tensors); None when nothing arrived
+                    entry["received_bytes"] += nbytes(result[1])
+
+        self.cls.load_state_from_peers = load_state_from_peers
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls.load_state_from_peers = self.original
+
+
 def timed(method: Callable, record: dict, key: str) -> Callable:
-    """Wrap an averager's load_state_from_peers to record how long it took (the two downloads of a join)."""
+    """Wrap a bound method so that each call adds its duration to record[key]."""
 
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
         try:
             return method(*args, **kwargs)
         finally:
-            record[key] = time.perf_counter() - started
+            record[key] = record.get(key, 0.0) + time.perf_counter() - started
 
     return wrapper
+
+
+def interface_rx_bytes() -> int:
+    """Bytes received so far on this network namespace's interfaces, lo excepted (/proc/net/dev)."""
+    total = 0
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, counters = line.split(":", 1)
+        if name.strip() != "lo":
+            total += int(counters.split()[0])
+    return total
 
 
 def run_joiner(args: JoiningWorkerArguments) -> None:
@@ -174,24 +229,36 @@ def run_joiner(args: JoiningWorkerArguments) -> None:
     donor = json.loads(Path(args.donor_info).read_text())
     dht, _, optimizer = build_peer(args, initial_peers=donor["maddrs"], seed=args.seed + 1)
     ready, downloads = time.time(), []
+    recorder = DownloadRecorder(dict(state=optimizer.state_averager, gradients=optimizer.grad_averager))
     try:
         wait_until(lambda: bool(optimizer.state_averager.donors()), timeout=120, what="the donor's state record")
-        for index in range(args.downloads):
-            with torch.no_grad():  # forget the previous download, so that each one is checked on its own
-                for tensor in state_tensors(optimizer):
-                    tensor.zero_()
-            record: dict = {}
-            state_averager, grad_averager = optimizer.state_averager, optimizer.grad_averager
-            state_averager.load_state_from_peers = timed(state_averager.load_state_from_peers, record, "state_s")
-            grad_averager.load_state_from_peers = timed(grad_averager.load_state_from_peers, record, "gradients_s")
-            started = time.perf_counter()
-            loaded = optimizer.load_state_from_peers()
-            record.update(index=index, total_s=time.perf_counter() - started, loaded=bool(loaded),
-                          epoch=optimizer.local_epoch, state_matches_donor=digest(state_tensors(optimizer)) ==
-                          donor["state_digest"])
-            del state_averager.load_state_from_peers, grad_averager.load_state_from_peers  # back to the class's
-            downloads.append(record)
-            logger.info(f"Download {index}: {record}")
+        load_times: dict = {}  # the state averager's whole download: receiving, then loading into model and LAMB
+        state_averager = optimizer.state_averager
+        state_averager.load_state_from_peers = timed(state_averager.load_state_from_peers, load_times, "state_load_s")
+        with recorder:
+            for index in range(args.downloads):
+                load_times.clear()
+                with torch.no_grad():  # forget the previous download, so that each one is checked on its own
+                    for tensor in state_tensors(optimizer):
+                        tensor.zero_()
+                averagers = recorder.start()
+                rx_before = interface_rx_bytes() if args.count_interface_bytes else None
+                started = time.perf_counter()
+                loaded = optimizer.load_state_from_peers()  # the project's path: SwarmOptimizer._download_state
+                total = time.perf_counter() - started
+                rx = interface_rx_bytes() - rx_before if args.count_interface_bytes else None
+                state, grads = averagers["state"], averagers["gradients"]
+                record = dict(
+                    index=index, total_s=total, loaded=bool(loaded), epoch=optimizer.local_epoch,
+                    state_matches_donor=digest(state_tensors(optimizer)) == donor["state_digest"],
+                    state_s=state["seconds"], state_load_s=load_times.get("state_load_s", 0.0),
+                    state_downloads=state["downloads"],
+                    state_received_bytes=state["received_bytes"], gradient_downloads=grads["downloads"],
+                    gradient_received_bytes=grads["received_bytes"],
+                    received_bytes=sum(entry["received_bytes"] for entry in averagers.values()),
+                    other_downloads=averagers.get("other", {}).get("downloads", 0), interface_rx_bytes=rx)
+                downloads.append(record)
+                logger.info(f"Download {index}: {record}")
     finally:
         write_atomically(Path(args.output), json.dumps(dict(
             downloads=downloads, main_started=main_started, peer_ready=ready,

@@ -288,3 +288,44 @@ def test_a_failed_gradient_round_keeps_the_local_gradients(dht):
             assert all(torch.equal(buffer, torch.full_like(buffer, 3.0)) for buffer in buffers)
     finally:
         averager.shutdown()
+
+
+def test_a_lone_peer_schedules_no_rounds_and_steps_with_its_own_gradients(dht):
+    """Alone, hivemind would pre-schedule a gradient round before every global step and cancel it at the step, its
+    matchmaking polling the DHT all the while (benchmarks/training_overhead.py). SwarmOptimizer schedules rounds only
+    when the tracker sees another peer, and a lone peer still takes its global steps with its local gradients."""
+    import dataclasses
+
+    model, args = TinyModel(), TrainingArguments(learning_rate=0.1, warmup_steps=0)
+    opt = create_optimizer(  # a tracker that refreshes often, so that it estimates the next step as a trainer's does
+        dht=dht, peer=PeerArguments(host_maddrs=LOOPBACK),
+        collab=CollaborationArguments(target_batch_size=64, matchmaking_time=1.0),
+        averager=AveragerArguments(request_timeout=0.5),
+        tracker=ProgressTrackerArguments(min_refresh_period=0.1, default_refresh_period=0.2, max_refresh_period=0.5),
+        params=model.parameters(), optimizer_factory=make_optimizer_factory(args),
+        scheduler_factory=make_scheduler_factory(args), batch_size_per_step=4,
+    )
+    try:
+        before = [param.detach().clone() for param in model.parameters()]
+        deadline = time.monotonic() + 60
+        while opt.local_epoch < 3 and time.monotonic() < deadline:
+            for param in model.parameters():
+                param.grad.add_(1.0)  # what backward() does with reuse_grad_buffers
+            opt.step(batch_size=4)
+            # hivemind 1.1.12 alone: a round is pre-scheduled about 1 s (matchmaking_time) before each step
+            assert opt.scheduled_grads is None and opt.scheduled_state is None
+            time.sleep(0.05)  # 16 local steps per global step: ~1 s each, as long as the matchmaking time
+        assert opt.local_epoch >= 3
+        assert opt.grad_averager.pop_latest_round() == (1, "alone")
+        assert not any(torch.equal(param, old) for param, old in zip(model.parameters(), before))
+
+        # once the tracker sees another peer, the round is pre-scheduled as hivemind does it
+        with opt.tracker.pause_updates():  # keeps the tracker's fetcher from replacing global_progress meanwhile
+            opt.tracker.global_progress = dataclasses.replace(opt.tracker.global_progress, num_peers=2,
+                                                              eta_next_epoch=get_dht_time())
+            opt._maybe_schedule_gradient_averaging()
+            assert opt.scheduled_grads is not None
+            opt.scheduled_grads.cancel()
+            opt.scheduled_grads = None
+    finally:
+        opt.shutdown()

@@ -25,9 +25,9 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import FileBarrier, wait_for_path, write_atomically
+from benchmarks.common import FileBarrier, setup_worker_logging, wait_for_path, write_atomically
 from collab.arguments import parse_arguments
-from collab.cli import run_main, setup_logging
+from collab.cli import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +175,7 @@ def run_gloo(args: WorkerArguments, original: torch.Tensor, expected: torch.Tens
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    setup_logging(logging.WARNING)  # hivemind narrates every round at INFO; the harness reads the JSON instead
-    # Why a peer of a round got only part of the result is logged by hivemind at DEBUG only: keep it in the log.
-    logging.getLogger("hivemind.averaging.allreduce").setLevel(logging.DEBUG)
+    setup_worker_logging()
     (args,) = parse_arguments((WorkerArguments,), argv, description=__doc__)
     torch.set_num_threads(args.threads)
     original = worker_vector(args.seed, args.rank, args.vector_size)

@@ -19,6 +19,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ALBERT_LARGE_PARAMETERS = 17_847_474
 
 
+def setup_worker_logging() -> None:
+    """Logging of an averaging worker process: quiet, except why a round left a peer with part of the result."""
+    import logging
+
+    from collab.cli import setup_logging
+
+    setup_logging(logging.WARNING)  # hivemind narrates every round at INFO; the harness reads the JSON instead
+    # Why a peer of a round got only part of the result is logged by hivemind at DEBUG only: keep it in the log.
+    logging.getLogger("hivemind.averaging.allreduce").setLevel(logging.DEBUG)
+
+
 def machine_info() -> dict:
     """What the numbers were measured on: cores, memory, CPU model, library versions, commit."""
     import hivemind

@@ -102,16 +102,9 @@ def wait_for_exit(process: PeerProcess, timeout: float) -> None:
                            f"{process.log_path}:\n{process.log_tail()}")
 
 
-def wait_for_output(process: PeerProcess, path: Path, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if not process.alive:
-            raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} before it was ready; "
-                               f"last lines of {process.log_path}:\n{process.log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{process.name} not ready after {timeout:.0f}s; log: {process.log_path}")
-        time.sleep(0.2)
-    return json.loads(path.read_text())
+def wait_for_output(swarm: LocalSwarm, process: PeerProcess, path: Path, timeout: float) -> dict:
+    """The JSON a worker writes once it is ready (fails early with its log tail if it dies first)."""
+    return json.loads(swarm.wait_for_file(path, timeout, watch=[process]))
 
 
 def measure_tcp(args: JoiningArguments, swarm: LocalSwarm, placement: Placement, run_dir: Path, nbytes: int) -> dict:
@@ -121,7 +114,7 @@ def measure_tcp(args: JoiningArguments, swarm: LocalSwarm, placement: Placement,
     receiver = placement.start(swarm, "tcp-receiver", "joiner", [
         "--role", "tcp_receiver", "--output", str(run_dir / "tcp-receiver.json"),
         "--listen_host", placement.address("joiner"), *common])
-    wait_for_output(receiver, run_dir / "tcp-receiver.json", args.startup_timeout)
+    wait_for_output(swarm, receiver, run_dir / "tcp-receiver.json", args.startup_timeout)
     sender = placement.start(swarm, "tcp-sender", "donor", [
         "--role", "tcp_sender", "--output", str(run_dir / "tcp-sender.json"),
         "--connect_host", placement.address("joiner"), *common])
@@ -137,7 +130,7 @@ def run(args: JoiningArguments, placement: Placement, run_dir: Path) -> dict:
     with LocalSwarm(run_dir / "logs") as swarm:
         donor = placement.start(swarm, "donor", "donor", ["--role", "donor", "--output", str(donor_info),
                                                           "--listen_host", placement.address("donor"), *model])
-        donor_report = wait_for_output(donor, donor_info, args.startup_timeout)
+        donor_report = wait_for_output(swarm, donor, donor_info, args.startup_timeout)
         join_bytes = donor_report["state_bytes"]  # what a join moves: the state, not the gradient buffers
         logger.info(f"Donor ready: {donor_report['state_bytes'] / MB:.1f} MB of state (its "
                     f"{donor_report['gradient_bytes'] / MB:.1f} MB of gradient buffers are not downloaded); plain TCP "

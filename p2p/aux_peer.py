@@ -27,8 +27,8 @@ if __package__ in (None, ""):
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.netlab import NetworkLab
-from p2p.scenario import (AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, prepare_output, print_checks,
-                          print_rounds, swarm_checks, write_report)
+from p2p.scenario import (AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, conclude, prepare_output,
+                          print_rounds, swarm_checks)
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def run(args: ScenarioArguments, albert: AlbertLabArguments, scenario: AuxScenar
     if scenario.without_aux:  # the control: what the helper's absence does
         report["checks"] = {"without the aux peer, no trainer averaged with another":
                             not any(r["averaged_with_others"] for r in report["rounds"].values())}
-    report["passed"] = all(report["checks"].values())
-    write_report(output_dir, report)
-    print_rounds(report)
-    print_checks(report, output_dir)
-    return report
+    return conclude(output_dir, report, show=print_rounds)
 
 
 def main() -> None:

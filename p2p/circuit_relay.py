@@ -29,7 +29,7 @@ from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.netlab import NetworkLab
 from p2p.scenario import (COORDINATOR_PORT, PEER_PORT, LabPeer, ScenarioArguments, lab_maddr, listen_on,
-                          print_checks, prepare_output, tcp_connect, verdict, write_report)
+                          conclude, prepare_output, tcp_connect, verdict)
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,7 @@ def run(args: ScenarioArguments, relay_args: RelayArguments) -> dict:
         "their connection is relayed": any(any("/p2p-circuit" in a for a in addrs) for addrs in connections)
         and not any(report["hole_punched"].values()),
     }
-    report["passed"] = all(report["checks"].values())
-    write_report(output_dir, report)
-    print_summary(report, output_dir)
-    return report
+    return conclude(output_dir, report, show=print_summary)
 
 
 def _exact(rounds: list[dict], size: int) -> bool:
@@ -132,7 +129,7 @@ def _relay_wait(peer: LabPeer) -> float | None:
     return None if not (ready and relayed) else round(relayed["time"] - ready["time"], 1)
 
 
-def print_summary(report: dict, output_dir: Path) -> None:
+def print_summary(report: dict) -> None:
     print(f"\nCircuit relay: alice and bob behind two NATs, relay {report['relay']}")
     for probe in report["direct_connections"]:
         print(f"  direct {probe['source']} -> {probe['target']}: {'connected' if probe['ok'] else 'failed'} "
@@ -149,7 +146,6 @@ def print_summary(report: dict, output_dir: Path) -> None:
         print(f"  {name}'s connection to the other: {' '.join(addrs) or '(none open)'}")
     print(f"  direct connection after hole punching: "
           f"{verdict(any(report['hole_punched'].values()))} (observers: {report['observers']})")
-    print_checks(report, output_dir)
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ if __package__ in (None, ""):
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.netlab import NetworkLab
-from p2p.scenario import (PEER_PORT, AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, prepare_output,
-                          print_checks, print_rounds, swarm_checks, tcp_connect, write_report)
+from p2p.scenario import (PEER_PORT, AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, conclude,
+                          prepare_output, print_rounds, swarm_checks, tcp_connect)
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,7 @@ def run(args: ScenarioArguments, albert: AlbertLabArguments) -> dict:
         )
     report.update(swarm_checks(swarm, checked=["laptop"], reference=PUBLIC_TRAINERS[0]))
     report["checks"]["nobody can dial the laptop"] = not any(probe["ok"] for probe in report["dial_laptop"])
-    report["passed"] = all(report["checks"].values())
-    write_report(output_dir, report)
-    print_rounds(report)
-    print_checks(report, output_dir)
-    return report
+    return conclude(output_dir, report, show=print_rounds)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.netlab import NetworkLab
 from p2p.scenario import (COORDINATOR_PORT, PEER_PORT, LabPeer, ScenarioArguments, lab_maddr, listen_on,
-                          print_checks, prepare_output, tcp_connect, verdict, write_report)
+                          conclude, prepare_output, tcp_connect, verdict)
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +61,10 @@ def run(args: ScenarioArguments) -> dict:
         "no direct connection to the laptop": not (report["inbound_to_private_address"]["ok"]
                                                    or report["inbound_to_router"]["ok"]),
     }
-    report["passed"] = all(report["checks"].values())
-    write_report(output_dir, report)
-    print_summary(report, output_dir)
-    return report
+    return conclude(output_dir, report, show=print_summary)
 
 
-def print_summary(report: dict, output_dir: Path) -> None:
+def print_summary(report: dict) -> None:
     lab = report["lab"]
     print(f"\nReachability: server {lab['server']} (public), laptop {lab['laptop']} behind router {lab['router']}")
     print(f"  laptop -> server {report['outbound']['target']}: {'connected' if report['outbound']['ok'] else 'FAILED'}")
@@ -77,7 +74,6 @@ def print_summary(report: dict, output_dir: Path) -> None:
         probe = report[key]
         print(f"  server -> {probe['target']}: {'connected' if probe['ok'] else 'failed'} "
               f"({probe['error'] or 'ok'}, {probe['seconds']:.1f} s)")
-    print_checks(report, output_dir)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from collab.errors import UserError
 from collab.journal import JOURNAL_FILE, probe_distance, read_journal
@@ -255,6 +255,16 @@ class AlbertLabSwarm:
 
 
 # -- reports ---------------------------------------------------------------------------------------------------------
+
+def conclude(output_dir: Path, report: dict, show: Optional[Callable[[dict], None]] = None) -> dict:
+    """Judge the checks, write report.json, print what was seen (`show`) and the checks; returns the report."""
+    report["passed"] = all(report["checks"].values())
+    write_report(output_dir, report)
+    if show is not None:
+        show(report)
+    print_checks(report, output_dir)
+    return report
+
 
 def write_report(output_dir: Path, report: dict) -> Path:
     path = output_dir / "report.json"

@@ -2,7 +2,6 @@
 values correctly, and the report holds timings and ratios. Timings themselves are not asserted (not a timed test)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -16,18 +15,9 @@ slow = pytest.mark.slow  # the tests that run the benchmark (15-25 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("averaging")
-    results = root / "results"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks/averaging.py"), "--vector_size", "10000", "--group_sizes", "2",
-         "--rounds", "2", "--matchmaking_time", "1", "--output_dir", str(root / "run"), "--results_dir", str(results)],
-        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for suffix in ("md", "png"):
-        assert (results / f"averaging.{suffix}").stat().st_size > 0
-    return json.loads((results / "averaging.json").read_text())
+def report(tmp_path_factory, run_benchmark):
+    return run_benchmark(tmp_path_factory.mktemp("averaging"), "averaging", [
+        "--vector_size", "10000", "--group_sizes", "2", "--rounds", "2", "--matchmaking_time", "1"], timeout=240)
 
 
 @slow

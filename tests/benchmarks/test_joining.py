@@ -4,7 +4,6 @@ the state and nothing else (no gradient averager's buffers, which hivemind's Opt
 report holds bytes, rates and the TCP comparison. Timings themselves are not asserted (not a timed test)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -17,20 +16,9 @@ slow = pytest.mark.slow  # the tests that run the benchmark (15-25 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("joining")
-    results = root / "results"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks/joining.py"), "--model_preset", "albert-tiny", "--vocab_size",
-         "2000", "--downloads", "2", "--transfers", "2", "--output_dir", str(root / "run"), "--results_dir",
-         str(results)],
-        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for suffix in ("md", "png"):
-        assert (results / f"joining.{suffix}").stat().st_size > 0
-    return dict(json.loads((results / "joining.json").read_text()),
-                _markdown=(results / "joining.md").read_text())
+def report(tmp_path_factory, run_benchmark):
+    return run_benchmark(tmp_path_factory.mktemp("joining"), "joining", [
+        "--model_preset", "albert-tiny", "--vocab_size", "2000", "--downloads", "2", "--transfers", "2"], timeout=240)
 
 
 @slow

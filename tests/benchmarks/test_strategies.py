@@ -3,7 +3,6 @@ lab, every round is checked and counted, the report holds times, the LP bound an
 bound's model agrees with its closed form. Timings themselves are not asserted (not a timed test)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -35,23 +34,13 @@ TINY = ["--public_mbit", "200", "200", "--client_mbit", "200", "--aux_mbit", "40
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, run_benchmark):
     if os.geteuid() != 0:
         pytest.skip("the network lab needs root (network namespaces); CI runs as root")
     missing = [tool for tool in ("ip", "tc", "iptables") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"the network lab needs {', '.join(missing)}")
-    root = tmp_path_factory.mktemp("strategies")
-    results = root / "results"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks/strategies.py"), *TINY, "--output_dir", str(root / "run"),
-         "--results_dir", str(results)],
-        capture_output=True, text=True, timeout=420, cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for suffix in ("md", "png"):
-        assert (results / f"strategies.{suffix}").stat().st_size > 0
-    return json.loads((results / "strategies.json").read_text())
+    return run_benchmark(tmp_path_factory.mktemp("strategies"), "strategies", TINY, timeout=420)
 
 
 @slow

@@ -3,7 +3,6 @@
 every run and the ratios. Timings themselves are not asserted (not a timed test)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -26,19 +25,10 @@ slow = pytest.mark.slow  # the test that runs the benchmark (30-90 s on 2 busy c
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, albert_dataset):
-    root = tmp_path_factory.mktemp("training_overhead")
-    results = root / "results"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks/training_overhead.py"), "--dataset_path", str(albert_dataset),
-         "--target_batch_size", "32", "--warmup_global_steps", "1", "--timed_global_steps", "1", "--repeats", "1",
-         "--output_dir", str(root / "run"), "--results_dir", str(results)],
-        capture_output=True, text=True, timeout=280, cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for suffix in ("md", "png"):
-        assert (results / f"training_overhead.{suffix}").stat().st_size > 0
-    return json.loads((results / "training_overhead.json").read_text())
+def report(tmp_path_factory, albert_dataset, run_benchmark):
+    return run_benchmark(tmp_path_factory.mktemp("training_overhead"), "training_overhead", [
+        "--dataset_path", str(albert_dataset), "--target_batch_size", "32", "--warmup_global_steps", "1",
+        "--timed_global_steps", "1", "--repeats", "1"], timeout=280)
 
 
 @slow

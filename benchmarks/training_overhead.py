@@ -277,10 +277,13 @@ def analyse(runs: list[dict]) -> dict:
             continue
         pairs = [(by_repeat[(PLAIN, run["repeat"])], run) for run in chosen if (PLAIN, run["repeat"]) in by_repeat]
         speed = [run["samples_per_second"] / plain["samples_per_second"] for plain, run in pairs]
-        cpu = [run["cpu_ms_per_sample"]["total"] / plain["cpu_ms_per_sample"]["total"] for plain, run in pairs]
+        # /proc counts CPU time in clock ticks (10 ms): a tiny run (the smoke test) can show a plain loop at 0
+        cpu = [run["cpu_ms_per_sample"]["total"] / plain["cpu_ms_per_sample"]["total"] for plain, run in pairs
+               if plain["cpu_ms_per_sample"]["total"] > 0]
         result["ratios"][variant] = dict(
             speed_ratios=speed, cpu_ratios=cpu, median_speed_ratio=statistics.median(speed),
-            median_cpu_ratio=statistics.median(cpu), overhead_percent=100 * (1 / statistics.median(speed) - 1))
+            median_cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
+            overhead_percent=100 * (1 / statistics.median(speed) - 1))
     return result
 
 

@@ -75,11 +75,11 @@ def run(args: ScenarioArguments, relay_args: RelayArguments) -> dict:
         sizes = [SMALL] * SMALL_ROUNDS + ([LARGE] if relay_args.large else [])
         peers = {name: LabPeer(lab, name, name, join + [
             "--use_auto_relay", "--trusted_relays", relay_maddr, *reachability, "--wait_for_relay",
-            "--average", str(value), "--average_sizes", *map(str, sizes), "--averaging_attempts", "3",
+            "--average", str(value), "--average_sizes", *map(str, sizes),
             "--stay", str(relay_args.stay)], output_dir) for name, value in VALUES.items()}
         ids = {name: peer.wait_event("ready", 120)["peer_id"] for name, peer in peers.items()}
         for peer in peers.values():
-            peer.wait(480)
+            peer.wait(120 + 130 * len(sizes))  # relay wait, then per round: the meeting and the round (60 s each)
         relay_log = relay.log_path
     report = dict(
         scenario="circuit_relay",

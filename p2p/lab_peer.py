@@ -35,6 +35,7 @@ from collab.peer import create_dht, visible_maddrs
 logger = logging.getLogger(__name__)
 
 RELAY_WAIT_S = 60.0
+ROUND_TIMEOUT_S = 60.0  # one averaging round, and the wait for the other peers before it
 
 
 @dataclass
@@ -51,7 +52,9 @@ class LabPeerArguments:
     average_sizes: list[int] = field(default_factory=lambda: [1000], metadata=dict(
         help="Values in the averaged vector: one round per size (e.g. 1000 100000)."))
     group_size: int = field(default=2, metadata=dict(help="Peers in the averaging round (everyone must agree)."))
-    averaging_attempts: int = field(default=5, metadata=dict(help="Tries to form a group, per size."))
+    averaging_attempts: int = field(default=1, metadata=dict(
+        help="Tries per round; a retry can pair this peer with another's next round, so keep 1 unless rounds "
+             "are all alike."))
     stay: float = field(default=0.0, metadata=dict(
         help="Keep serving this many seconds after acting (others may still need this peer, e.g. a relay)."))
 
@@ -85,22 +88,38 @@ def relay_maddrs(dht) -> list[str]:
 
 
 def average_rounds(dht, lab: LabPeerArguments) -> None:
-    """One all-reduce round per size in --average_sizes, each among --group_size peers that use the same sizes."""
-    for size in lab.average_sizes:
-        averaged = average_once(dht, lab, size)
+    """One all-reduce round per entry of --average_sizes, in lock-step with the other --group_size peers: before
+    each round every peer waits until all have arrived, so that one peer's failed round cannot leave it a round
+    behind the others for the rest of the run."""
+    for index, size in enumerate(lab.average_sizes):
+        if not meet(dht, f"lab_round_{index}", lab.group_size, timeout=ROUND_TIMEOUT_S):
+            emit("not_averaged", size=size, reason="the other peers did not arrive")
+            continue
+        averaged = average_once(dht, lab, size, prefix=f"lab_average_{index}")
         if averaged is None:
-            emit("not_averaged", size=size)
+            emit("not_averaged", size=size, reason="no round succeeded")
         else:
             emit("averaged", size=size, **averaged)
 
 
-def average_once(dht, lab: LabPeerArguments, size: int) -> Optional[dict]:
+def meet(dht, key: str, count: int, timeout: float) -> bool:
+    """A barrier through the DHT: announce this peer under `key` and wait until `count` peers have."""
+    dht.store(key, subkey=dht.peer_id.to_bytes(), value=True, expiration_time=time.time() + 600)
+
+    def arrived() -> int:
+        found = dht.get(key, latest=True)
+        return len(found.value) if found is not None and isinstance(found.value, dict) else 0
+
+    return wait_until(lambda: arrived() >= count, timeout, period=0.5)
+
+
+def average_once(dht, lab: LabPeerArguments, size: int, prefix: str) -> Optional[dict]:
     import torch
     from hivemind.averaging import DecentralizedAverager
 
     # bounded timeouts: a transfer that stalls (e.g. a relay cutting the connection) ends the round instead of
     # hanging it; the peers that stalled are then left out and their part keeps local values
-    averager = DecentralizedAverager([torch.full((size,), lab.average)], dht, prefix=f"lab_average_{size}",
+    averager = DecentralizedAverager([torch.full((size,), lab.average)], dht, prefix=prefix,
                                      target_group_size=lab.group_size, min_group_size=lab.group_size,
                                      client_mode=dht.client_mode, next_chunk_timeout=10.0, allreduce_timeout=60.0,
                                      start=True)
@@ -108,7 +127,7 @@ def average_once(dht, lab: LabPeerArguments, size: int) -> Optional[dict]:
         for attempt in range(1, lab.averaging_attempts + 1):
             started = time.monotonic()
             try:
-                group = averager.step(timeout=90.0)
+                group = averager.step(timeout=ROUND_TIMEOUT_S)
             except Exception as e:  # hivemind raises when no group formed or the round broke
                 logger.warning(f"Averaging attempt {attempt} ({size} values) failed: {e}")
                 continue

@@ -40,10 +40,12 @@ def test_both_variants_train_and_the_ratio_is_reported(report):
     # says the swarm must be there), so the trainer's window holds about, not exactly, the target batch
     for run in runs.values():
         assert run["samples"] > 0 and run["seconds"] > 0 and run["samples_per_second"] > 0
-        assert run["cpu_seconds"]["main"] > 0 and run["cpu_ms_per_sample"]["total"] > 0
+        # CPU is read when the journal shows a step (every 0.25 s): a window this tiny may read as 0, never less
+        assert run["cpu_seconds"]["main"] >= 0 and run["cpu_ms_per_sample"]["total"] >= 0
     assert runs[PLAIN]["cpu_seconds"]["p2pd"] == 0  # the plain loop runs no libp2p daemon
     ratios = report["result"]["ratios"][COLLABORATIVE]
-    assert ratios["median_speed_ratio"] > 0 and ratios["median_cpu_ratio"] > 0
+    assert ratios["median_speed_ratio"] > 0
+    assert ratios["median_cpu_ratio"] > 0 or not ratios["cpu_ratios"]  # no ratio from a plain window read as 0
     assert len(ratios["speed_ratios"]) == 1
     assert report["model_preset"] == "albert-tiny" and report["target_batch_size"] == 32
     assert report["samples_timed"] == 32 and report["machine"]["hivemind"] == "1.1.12"

@@ -119,6 +119,10 @@ def run_hivemind(args: WorkerArguments, original: torch.Tensor, expected: torch.
                 allreduce_timeout=args.round_timeout, compression=make_compression(compression),
             )
             try:
+                # every averager of this compression must be up before anyone looks for a group: a peer that
+                # starts matchmaking while another's averager is still starting can end up in a group the other
+                # never joins (seen once in the smoke test: one worker waited 300 s for a group)
+                barrier.wait(f"{compression}-ready")
                 for index in range(args.warmup_rounds + args.rounds):
                     run_hivemind_round(args, averager, original, expected, log, barrier, compression, index)
                 barrier.wait(f"{compression}-done")  # a finished peer may still be sending others their results

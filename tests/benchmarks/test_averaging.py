@@ -17,7 +17,8 @@ slow = pytest.mark.slow  # the tests that run the benchmark (15-25 s on 2 cores)
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, run_benchmark):
     return run_benchmark(tmp_path_factory.mktemp("averaging"), "averaging", [
-        "--vector_size", "10000", "--group_sizes", "2", "--rounds", "2", "--matchmaking_time", "1"], timeout=240)
+        "--vector_size", "10000", "--group_sizes", "2", "--rounds", "2", "--matchmaking_time", "1",
+        "--round_timeout", "60"], timeout=240)
 
 
 @slow

@@ -65,35 +65,17 @@ def make_compression(name: str) -> CompressionBase:
 
 
 class RecordingGradientAverager(GradientAverager):
-    """A GradientAverager that remembers its latest round, so the trainer can report who it averaged with, and
-    that keeps a peer's own gradients when a round fails (hivemind 1.1.12 would step with zeros then)."""
+    """A GradientAverager that remembers its latest round, so the trainer can report who it averaged with."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.latest_round: Optional[StepControl] = None
-        self.buffers_hold_this_step = False  # step() moved the accumulated gradients into the averaged buffers
 
-    def step(self, *args, reset_accumulators: bool = True, **kwargs):
-        result = super().step(*args, reset_accumulators=reset_accumulators, **kwargs)
-        self.buffers_hold_this_step = reset_accumulators
+    def step(self, *args, **kwargs):
+        result = super().step(*args, **kwargs)
         if isinstance(result, StepControl):
             self.latest_round = result
         return result
-
-    def accumulate_grads_(self, batch_size: int):
-        self.buffers_hold_this_step = False  # a new step's gradients are accumulating
-        return super().accumulate_grads_(batch_size)
-
-    def load_accumulators_into_averager_(self):
-        """After a failed round, hivemind's fallback ("Proceeding with local gradients") calls this to reload the
-        local gradients; but step() already moved them into the buffers and zeroed the accumulators, so the
-        reload would write zeros and the peer would step with no gradient at all (seen in the p2p lab: three
-        client-mode trainers without a reducing peer stayed bit-identical while computing different batches).
-        The buffers still hold this step's local gradients (or a partly averaged mix): keep them."""
-        if self.buffers_hold_this_step and self.local_times_accumulated == 0:
-            self.buffers_hold_this_step = False
-            return
-        super().load_accumulators_into_averager_()
 
     def pop_latest_round(self) -> tuple[int, str]:
         """Size and outcome of the latest gradient round: (peers, "averaged"), (1, "failed") when the round broke

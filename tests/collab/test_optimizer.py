@@ -260,36 +260,6 @@ def test_a_peer_with_broken_parameters_is_never_a_donor():
             node.shutdown()
 
 
-def test_a_failed_gradient_round_keeps_the_local_gradients(dht):
-    """hivemind 1.1.12 moves the accumulated gradients into the averager and zeroes the accumulators when a round
-    begins; its fallback after a failed round reloads them, i.e. zeros. Ours keeps the gradients (see
-    RecordingGradientAverager.load_accumulators_into_averager_)."""
-    from collab.optimizer import RecordingGradientAverager
-
-    model = TinyModel()
-    for param in model.parameters():
-        param.grad = torch.full_like(param, 3.0)
-    averager = RecordingGradientAverager(model.parameters(), dht=dht, prefix="failed_round", start=True,
-                                         min_matchmaking_time=0.5, request_timeout=0.2)
-    try:
-        averager.accumulate_grads_(batch_size=4)
-        averager.accumulate_grads_(batch_size=4)  # two micro-batches of grad 3: the mean is 3
-        control = averager.step(wait=False, timeout=2.0)  # nobody else is averaging: the round fails
-        with pytest.raises(Exception):
-            control.result(10.0)
-        assert averager.pop_latest_round() == (1, "failed")
-        averager.load_accumulators_into_averager_()  # what hivemind's "Proceeding with local gradients" does
-        with averager.get_tensors() as buffers:
-            assert all(torch.equal(buffer, torch.full_like(buffer, 3.0)) for buffer in buffers)
-        # the next step accumulates afresh, and a reload then takes the new accumulators
-        averager.accumulate_grads_(batch_size=4)
-        averager.load_accumulators_into_averager_()
-        with averager.get_tensors() as buffers:
-            assert all(torch.equal(buffer, torch.full_like(buffer, 3.0)) for buffer in buffers)
-    finally:
-        averager.shutdown()
-
-
 def test_a_lone_peer_schedules_no_rounds_and_steps_with_its_own_gradients(dht):
     """Alone, hivemind would pre-schedule a gradient round before every global step and cancel it at the step, its
     matchmaking polling the DHT all the while (benchmarks/training_overhead.py). SwarmOptimizer schedules rounds only

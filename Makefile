@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP) system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The network lab (collab/netlab.py) needs iproute2 and iptables; as root, install them when missing
+# The network lab (collab/lab/netlab.py) needs iproute2 and iptables; as root, install them when missing
 # (without root the lab's tests are skipped with a reason).
 system-tools:
 	@if [ "$$(id -u)" = 0 ] && ! { command -v iptables && command -v ip && command -v tc; } >/dev/null; then \

@@ -10,6 +10,7 @@ from collab.arguments import (
     ProgressTrackerArguments,
     TrainingArguments,
 )
+from collab.monitor import MonitorArguments
 
 
 @dataclass
@@ -31,3 +32,5 @@ ARGUMENT_GROUPS = (
     AlbertArguments, PeerArguments, CollaborationArguments, AveragerArguments, ProgressTrackerArguments,
     TrainingArguments,
 )
+# The coordinator also parses these; a preset may set them (albert-large.json does), and the other scripts ignore them.
+COORDINATOR_GROUPS = (MonitorArguments,)

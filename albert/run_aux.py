@@ -14,7 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from albert.arguments import ARGUMENT_GROUPS
+from albert.arguments import ARGUMENT_GROUPS, COORDINATOR_GROUPS
 from albert.data import load_tokenizer
 from albert.model import build_model, make_optimizer_factory, make_scheduler_factory, model_config, parameter_groups
 from collab.arguments import parse_arguments
@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    albert, peer, collab, averager, tracker, training = parse_arguments(ARGUMENT_GROUPS, argv, description=__doc__)
+    albert, peer, collab, averager, tracker, training = parse_arguments(
+        ARGUMENT_GROUPS, argv, description=__doc__, preset_shared_with=COORDINATOR_GROUPS
+    )
     require_initial_peers(peer, "auxiliary peer")
     if peer.client_mode:
         raise UserError("an auxiliary peer must accept incoming connections: drop --client_mode")

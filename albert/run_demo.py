@@ -23,8 +23,8 @@ from collab.arguments import parse_arguments
 from collab.checkpoints import latest_valid_checkpoint
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
+from collab.lab.swarm import REPO_ROOT, LocalSwarm
 from collab.store import read_store
-from collab.swarm import REPO_ROOT, LocalSwarm
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def summarize(store_path: Path, output_dir: Path, num_trainers: int) -> str:
     per_peer: dict[str, list[float]] = {}
     for row in peers:
         per_peer.setdefault(row["peer"], []).append(row["samples_per_second"])
-    shared_rounds = len({row["step"] for row in peers if row["group_size"] >= 2})
+    shared_rounds = len({row["step"] for row in peers if row["outcome"] == "averaged" and row["trainers_averaged"] >= 2})
     trainer_checkpoints = [str(folder) for trainer in sorted(output_dir.glob("trainer-*"))
                            if (folder := latest_valid_checkpoint(trainer / "checkpoints")) is not None]
     coordinator_checkpoints = data["checkpoints"]
@@ -108,7 +108,7 @@ def summarize(store_path: Path, output_dir: Path, num_trainers: int) -> str:
         f"  loss                  : {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}",
         f"  trainers              : {len(per_peer)} reported metrics (started {num_trainers})",
         *(f"  samples/s of {peer}  : {statistics.mean(values):.1f}" for peer, values in sorted(per_peer.items())),
-        f"  steps averaged with >= 2 peers: {shared_rounds} of {len(steps)}",
+        f"  steps averaged by >= 2 trainers: {shared_rounds} of {len(steps)}",
         "  coordinator checkpoint: "
         + (f"{coordinator_checkpoints[-1]['path']} (step {coordinator_checkpoints[-1]['step']})"
            if coordinator_checkpoints else "none yet"),

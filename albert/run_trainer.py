@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from albert.arguments import ARGUMENT_GROUPS
+from albert.arguments import ARGUMENT_GROUPS, COORDINATOR_GROUPS
 from albert.data import check_sequence_length, load_pretraining_dataset, make_collator
 from albert.model import (
     build_model,
@@ -31,7 +31,9 @@ from collab.training import TrainingTask, run_collaborative_training, set_seed
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    albert, peer, collab, averager, tracker, training = parse_arguments(ARGUMENT_GROUPS, argv, description=__doc__)
+    albert, peer, collab, averager, tracker, training = parse_arguments(
+        ARGUMENT_GROUPS, argv, description=__doc__, preset_shared_with=COORDINATOR_GROUPS
+    )
     require_initial_peers(peer, "trainer")
     set_seed(training.seed)  # same seed on every peer: identical initial weights before state is downloaded
     dataset, tokenizer = load_pretraining_dataset(albert.dataset_path)

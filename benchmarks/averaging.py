@@ -40,7 +40,7 @@ from benchmarks.common import (
 from collab.arguments import COMPRESSION_CHOICES, parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
-from collab.swarm import LocalSwarm, PeerProcess
+from collab.lab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Starts a coordinator, an auxiliary peer and trainers (albert-tiny, built-in corp
 averaging rounds, the coordinator included), lets one trainer inject non-finite losses and gradients and a peer
 with incompatible settings try to join; the run then ends with one agreed final state. Last, the whole swarm is
 restarted from the coordinator's checkpoint after the newest one was corrupted. Writes the report as JSON, a
-markdown table and a PNG plot (global step over time with every kill marked). See collab/chaos.py.
+markdown table and a PNG plot (global step over time with every kill marked). See collab/lab/chaos.py.
 
     python benchmarks/chaos.py                          # the committed run (about 10 minutes on 2 cores)
     python benchmarks/chaos.py --max_steps 20 --seed 3  # a quick look
@@ -24,10 +24,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collab.arguments import parse_arguments
-from collab.chaos import ChaosRun, ChaosSettings, Recipe
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
-from collab.swarm import REPO_ROOT
+from collab.lab.chaos import ChaosRun, ChaosSettings
+from collab.lab.faults import FaultPlan
+from collab.lab.recipes import albert_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class ChaosArguments:
     coordinator_kill_fraction: float = field(default=0.15, metadata=dict(help="Share of kills aimed at the coordinator."))
     aux_kill_fraction: float = field(default=0.15, metadata=dict(help="Share of kills aimed at the auxiliary peer."))
     faults: str = field(default=ChaosSettings.faulty_trainer_faults,
-                        metadata=dict(help="COLLAB_FAULTS of trainer-1 (see collab/faults.py); empty for none."))
+                        metadata=dict(help="Faults of trainer-1, KIND@START+COUNT,... (see collab/lab/faults.py); empty for none."))
     seed: int = field(default=0, metadata=dict(help="Seed of the kill schedule."))
     output_dir: str = field(default="outputs/chaos", metadata=dict(help="Logs, journals, checkpoints of the run."))
     results_dir: str = field(default="benchmarks/results",
@@ -62,24 +63,7 @@ class ChaosArguments:
         if any(not 0 <= share <= 1 for share in (self.round_kill_fraction, self.coordinator_kill_fraction,
                                                  self.aux_kill_fraction)):
             raise UserError("the kill fractions are shares between 0 and 1")
-
-
-def albert_recipe(data_dir: Path, target_batch_size: int) -> Recipe:
-    """The demo preset with exact averaging (no compression, so live peers can be compared bit for bit) and
-    averaged LAMB statistics (so a round that missed a peer is repaired at the next one)."""
-    from transformers import AlbertForPreTraining
-
-    common = ["--config", str(REPO_ROOT / "albert/configs/demo.json"), "--dataset_path", str(data_dir),
-              "--run_id", "chaos", "--compression", "none", "--target_batch_size", str(target_batch_size),
-              "--matchmaking_time", "3", "--averaging_timeout", "30", "--load_state_timeout", "30",
-              "--average_opt_statistics", "exp_avg", "exp_avg_sq", "--total_steps", "1000",
-              "--save_steps", "5", "--logging_steps", "50"]
-    return Recipe(
-        coordinator_script="albert/run_first_peer.py", trainer_script="albert/run_trainer.py",
-        aux_script="albert/run_aux.py", common_args=common,
-        incompatible_args=["--target_batch_size", str(2 * target_batch_size)],
-        load_model=AlbertForPreTraining.from_pretrained,
-    )
+        FaultPlan.parse(self.faults)  # a bad plan is a one-line error now, not a trainer crash later
 
 
 def markdown_table(report: dict) -> str:

@@ -12,7 +12,7 @@ moves the state only: hivemind's Optimizer also downloads the gradient averager'
 then discarded), which SwarmOptimizer no longer does; the report shows how many such downloads happened (0). The
 same number of bytes then goes through a plain TCP connection between two processes: the link's own rate.
 On loopback by default; with --bandwidth_mbit (root), donor and joiner sit on capped links of the network lab
-(collab/netlab.py). Writes benchmarks/results/joining.json, .md and .png (--name changes the file names).
+(collab/lab/netlab.py). Writes benchmarks/results/joining.json, .md and .png (--name changes the file names).
 
     python benchmarks/joining.py                            # the committed run: albert-large on loopback (~1 min)
     python benchmarks/joining.py --bandwidth_mbit 100 --downloads 2 --transfers 2 --name joining-100mbit  # root
@@ -37,7 +37,7 @@ from benchmarks.common import free_tcp_port, machine_info, markdown_table, pyplo
 from collab.arguments import COMPRESSION_CHOICES, parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
-from collab.swarm import LocalSwarm, PeerProcess
+from collab.lab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def run_in_lab(args: JoiningArguments, body: Callable) -> dict:
     """Donor and joiner on two public hosts of a network lab, each link capped at --bandwidth_mbit."""
-    from collab.netlab import NetworkLab
+    from collab.lab.netlab import NetworkLab
 
     with NetworkLab() as lab:
         lab.add_public_host("donor", bandwidth_mbit=args.bandwidth_mbit)

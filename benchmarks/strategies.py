@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Averaging strategies under constrained, heterogeneous bandwidth: the paper's comparison on the network lab.
 
-Peers sit on hosts of the network lab (collab/netlab.py) whose links are capped with tbf in both directions, in the
+Peers sit on hosts of the network lab (collab/lab/netlab.py) whose links are capped with tbf in both directions, in the
 proportions of the paper's cloud setup (4 x 200, 8 x 100, 4 x 50 Mbit/s), scaled to what 2 cores can drive: by
 default 6 public peers (2 x 40, 3 x 20, 1 x 10 Mbit/s) and 2 peers in client mode behind a NAT router (20 and
 10 Mbit/s), so that all 8 are in the proportions 2:4:2. Each peer is its own OS process
@@ -44,7 +44,7 @@ from benchmarks.common import machine_info, markdown_table, pyplot, summarize, w
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
-from collab.swarm import LocalSwarm
+from collab.lab.swarm import LocalSwarm
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ def bounds(args: StrategiesArguments) -> list[dict]:
 def main(argv: Optional[list[str]] = None) -> None:
     setup_logging()
     (args,) = parse_arguments((StrategiesArguments,), argv, description=__doc__)
-    from collab.netlab import NetworkLab, require_root
+    from collab.lab.netlab import NetworkLab, require_root
 
     require_root()  # before anything slow: the lab needs network namespaces
     machine = machine_info()

@@ -42,7 +42,7 @@ from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
 from collab.errors import UserError
 from collab.journal import JOURNAL_FILE, read_journal
-from collab.swarm import REPO_ROOT, LocalSwarm, PeerProcess
+from collab.lab.swarm import REPO_ROOT, LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,6 @@
 - final_state: how trainers agree on one final state when the run ends
 - checkpoints: atomic checkpoints and the resume order
 - journal: each peer's own event log and the parameter probe that compares peers
-- faults: faults injected on purpose (COLLAB_FAULTS), for the chaos harness and tests
-- chaos: the chaos harness (kill and restart peers of a local swarm, then report)
 - monitor: the coordinator's metrics/checkpoint loop (wandb + SQLite)
-- swarm: starting and stopping local swarms of peer processes (demo, tests)
-- netlab: a small internet of network namespaces with NAT routers and bandwidth caps (root only)
+- lab: the harness (local swarms, chaos, network lab, fault injection); production peers never import it
 """

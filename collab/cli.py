@@ -93,11 +93,16 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         logger.info("Interrupted, shutting down")
         sys.exit(130)
+
+
+def one_line(message: str) -> str:
+    """A message as one line: an error that spans lines is easy to miss in a peer's log and breaks `grep error:`."""
+    return " ".join(message.split())
 
 
 class RateLimitedLog:

@@ -51,13 +51,12 @@ def read_journal(path: Path) -> list[dict]:
     return events
 
 
-class ParameterProbe:
-    """A fixed, seeded sample of positions across all parameters (sorted by name): the same on every peer."""
+class TensorProbe:
+    """A fixed, seeded sample of positions across a list of tensors: the same on every peer that has the same list."""
 
-    def __init__(self, model: torch.nn.Module, size: int = PROBE_SIZE, seed: int = 0):
-        named = sorted(model.named_parameters(), key=lambda item: item[0])
-        self.parameters = [param for _, param in named]
-        sizes = torch.tensor([param.numel() for param in self.parameters])
+    def __init__(self, tensors: list[torch.Tensor], size: int = PROBE_SIZE, seed: int = 0):
+        self.tensors = list(tensors)
+        sizes = torch.tensor([tensor.numel() for tensor in self.tensors])
         offsets = torch.cumsum(sizes, 0) - sizes
         positions = torch.randint(int(sizes.sum()), (size,), generator=torch.Generator().manual_seed(seed))
         owners = torch.searchsorted(offsets, positions, right=True) - 1
@@ -66,15 +65,33 @@ class ParameterProbe:
         ]
 
     @torch.no_grad()
-    def read(self) -> dict:
-        """Probe values, whether every parameter is finite, and the global parameter norm."""
+    def values(self, tensors: Optional[list[Optional[torch.Tensor]]] = None) -> list[float]:
+        """The probed values of `tensors` (default: the probed tensors themselves; None reads as zeros)."""
+        tensors = self.tensors if tensors is None else tensors
         values: list[float] = []
         for owner, local in self.picks:
-            param = self.parameters[owner]
-            values.extend(param.detach().reshape(-1)[local.to(param.device)].double().tolist())
+            tensor = tensors[owner]
+            if tensor is None:
+                values.extend([0.0] * len(local))
+            else:
+                values.extend(tensor.detach().reshape(-1)[local.to(tensor.device)].double().tolist())
+        return values
+
+
+class ParameterProbe(TensorProbe):
+    """A probe of a model's parameters (sorted by name, so that the positions match on every peer)."""
+
+    def __init__(self, model: torch.nn.Module, size: int = PROBE_SIZE, seed: int = 0):
+        named = sorted(model.named_parameters(), key=lambda item: item[0])
+        super().__init__([param for _, param in named], size, seed)
+        self.parameters = self.tensors
+
+    @torch.no_grad()
+    def read(self) -> dict:
+        """Probe values, whether every parameter is finite, and the global parameter norm."""
         norms = torch.stack([param.detach().float().norm() for param in self.parameters])
         norm = float(norms.norm())
-        return dict(probe=values, finite=math.isfinite(norm), param_norm=norm)
+        return dict(probe=self.values(), finite=math.isfinite(norm), param_norm=norm)
 
 
 def optimizer_digest(state_dict: dict) -> dict[str, float]:

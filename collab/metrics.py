@@ -21,15 +21,26 @@ from hivemind.utils.crypto import RSAPrivateKey
 logger = logging.getLogger(__name__)
 
 
+RoundOutcome = pydantic.constr(regex=r"^(averaged|failed|expired|alone)$", strict=True)
+
+
 class LocalMetrics(pydantic.BaseModel):
     """What one peer contributed to one global step."""
 
     step: pydantic.conint(ge=0, strict=True)  # global steps completed, counting the one this record is about
     samples_per_second: pydantic.confloat(ge=0.0, strict=True)
     samples_accumulated: pydantic.conint(ge=0, strict=True)
-    loss: pydantic.StrictFloat  # sum of mini-step losses (mean is computed over the swarm)
+    loss_sum: pydantic.StrictFloat  # sum of mini-step losses (the mean is computed over the swarm)
     mini_steps: pydantic.conint(ge=0, strict=True)
-    group_size: pydantic.conint(ge=0, strict=True) = 0  # peers in this step's gradient round (1: local only)
+    # this step's gradient round, as the peer saw it (collab.optimizer.RoundReport)
+    outcome: RoundOutcome = "alone"
+    trainers_averaged: pydantic.conint(ge=0, strict=True) = 1  # trainers in the group, this one included
+    aux_in_group: pydantic.conint(ge=0, strict=True) = 0  # aux peers and coordinators in the group
+    # since this peer started; a partial round is one hivemind called a success that the value check (collab.sync)
+    # found to differ, and it counts as a failed round
+    rounds_failed: pydantic.conint(ge=0, strict=True) = 0  # failed, expired or partial
+    rounds_partial: pydantic.conint(ge=0, strict=True) = 0
+    resyncs: pydantic.conint(ge=0, strict=True) = 0  # times it downloaded the state after falling out of sync
 
 
 class MetricSchema(pydantic.BaseModel):
@@ -93,7 +104,7 @@ def aggregate(step: int, records: Sequence[LocalMetrics]) -> Optional[GlobalMetr
         return None
     return GlobalMetrics(
         step=step,
-        loss=sum(record.loss for record in records) / mini_steps,
+        loss=sum(record.loss_sum for record in records) / mini_steps,
         alive_peers=len(records),
         samples=sum(record.samples_accumulated for record in records),
         samples_per_second=sum(record.samples_per_second for record in records),

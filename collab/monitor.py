@@ -1,7 +1,8 @@
 """The coordinator's monitor: aggregates the peers' metrics records, logs them (wandb, SQLite), checkpoints the
 swarm's state and optionally uploads it to the Hugging Face Hub.
 
-The monitor never trains: it downloads the newest state from trainers like a joining peer would, and saves it
+The coordinator holds the swarm's live state through a follower (collab.follower: it takes part in every gradient
+round with weight zero and applies the same step), serves it to joining and re-syncing peers, and saves it
 atomically in the same format as a trainer's own checkpoints. A restarted coordinator picks up where it left off:
 it appends to the same metrics store and wandb run, and loads its newest valid checkpoint, which it then offers
 to joining peers (below any live trainer's state), so a swarm restarted from nothing resumes at that step.
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Optional
 
 import hivemind
-import torch
 
 from collab.checkpoints import latest_valid_checkpoint, load_model_weights, load_optimizer_state, save_checkpoint
 from collab.metrics import GlobalMetrics, LocalMetrics, aggregate, fetch_metrics
-from collab.optimizer import OptimizerFactory, ReportingStateAverager, SchedulerFactory, make_compression
+from collab.follower import StateFollower
 from collab.peer import declare_swarm_config
 from collab.store import MetricsStore
 
@@ -142,58 +142,45 @@ class WandbLogger:
                 logger.warning(f"wandb did not finish cleanly: {e!r}")
 
 
-class SwarmCheckpointer:
-    """Downloads the newest training state from the trainers, saves it as a checkpoint, and offers the newest
-    checkpoint to joining peers (a state-sharing priority equal to its step, so live trainers come first)."""
+class Checkpointer:
+    """Saves the coordinator's follower state (collab.follower) as checkpoints, and resumes from the newest valid one
+    after a restart: the follower then offers it to joining peers, below any live trainer's state of the same step,
+    so a swarm restarted from nothing resumes at that step."""
 
-    def __init__(self, dht: hivemind.DHT, run_id: str, model: torch.nn.Module, params: list,
-                 optimizer_factory: OptimizerFactory,
-                 scheduler_factory: Optional[SchedulerFactory], compression: str, root: Path, keep: int,
-                 arguments: dict, load_state_timeout: float):
-        self.model, self.root, self.keep, self.arguments = model, root, keep, arguments
-        self.load_state_timeout = load_state_timeout
-        self.state_averager = ReportingStateAverager(
-            dht=dht, optimizer=optimizer_factory, params=params, scheduler=scheduler_factory,
-            prefix=f"{run_id}_state_averager", state_compression=make_compression(compression),
-            allow_state_sharing=False, start=True,
-        )
+    def __init__(self, follower: StateFollower, root: Path, keep: int, arguments: dict):
+        self.follower, self.root, self.keep, self.arguments = follower, root, keep, arguments
+        self.saved_step = -1
 
     @property
     def step(self) -> int:
-        return self.state_averager.local_epoch
+        return self.follower.step
 
     def resume(self) -> Optional[Path]:
-        """Load the newest valid checkpoint under root (corrupted ones are reported and skipped) and offer it."""
+        """Load the newest valid checkpoint under root (corrupted ones are reported and skipped)."""
         folder = latest_valid_checkpoint(self.root)
         if folder is None:
             return None
-        load_model_weights(self.model, folder)
-        state = load_optimizer_state(folder)
-        self.state_averager.local_epoch = state["state"].pop("local_epoch")
-        self.state_averager.optimizer.load_state_dict(state)
-        self.state_averager._update_scheduler()
-        self._offer()
+        load_model_weights(self.follower.model, folder)
+        self.follower.load_parameters_from_model()
+        self.follower.opt.load_state_dict(load_optimizer_state(folder))
+        self.follower.opt.state_averager._update_scheduler()
+        self.follower.opt._update_offer_priority()
+        self.saved_step = self.step
         logger.info(f"Resumed from checkpoint {folder} (global step {self.step}); offering it to joining peers")
         return folder
 
-    def _offer(self) -> None:
-        self.state_averager.allow_state_sharing = True
-        self.state_averager.state_sharing_priority = self.step
-
-    def fetch_and_save(self) -> Optional[Path]:
-        before = self.step
-        if self.state_averager.load_state_from_peers(timeout=self.load_state_timeout) is None or self.step <= before:
-            logger.info("No newer state than the last checkpoint was available")
+    def save(self) -> Optional[Path]:
+        if self.step <= self.saved_step:
             return None
-        state = self.state_averager.optimizer.state_dict()
-        state["state"]["local_epoch"] = self.step  # same layout as hivemind.Optimizer.state_dict()
-        folder = save_checkpoint(self.root, self.step, self.model, state, self.arguments, keep_last=self.keep)
-        self._offer()
+        if not self.follower.in_sync:
+            logger.warning(f"Not saving global step {self.step}: the coordinator's copy is out of sync (it re-syncs "
+                           f"from a trainer first)")
+            return None
+        folder = save_checkpoint(self.root, self.step, self.follower.model, self.follower.opt.state_dict(),
+                                 self.arguments, keep_last=self.keep)
+        self.saved_step = self.step
         logger.info(f"Saved the swarm's state at global step {self.step} to {folder}")
         return folder
-
-    def shutdown(self) -> None:
-        self.state_averager.shutdown()
 
 
 def push_to_hub(folder: Path, repo_id: str, token: Optional[str], step: int) -> None:
@@ -210,13 +197,15 @@ def push_to_hub(folder: Path, repo_id: str, token: Optional[str], step: int) -> 
 
 
 class Monitor:
+    FOLLOW_PERIOD = 0.2  # seconds between the follower's polls (it joins a round as soon as the swarm is ready)
+
     def __init__(self, dht: hivemind.DHT, run_id: str, args: MonitorArguments, swarm_config: dict,
-                 store: MetricsStore, wandb_logger: WandbLogger, checkpointer: Optional[SwarmCheckpointer]):
+                 store: MetricsStore, wandb_logger: WandbLogger, follower: Optional[StateFollower] = None,
+                 checkpointer: Optional[Checkpointer] = None):
         self.dht, self.run_id, self.args, self.swarm_config = dht, run_id, args, swarm_config
-        self.store, self.wandb, self.checkpointer = store, wandb_logger, checkpointer
+        self.store, self.wandb, self.follower, self.checkpointer = store, wandb_logger, follower, checkpointer
         recorded = store.global_steps()
         self.aggregator = StepAggregator(last_final_step=recorded[-1]["step"] if recorded else -1)
-        self.last_checkpoint_step = checkpointer.step if checkpointer is not None else 0
 
     def poll(self) -> list[GlobalMetrics]:
         """Read live records once; log and store every step that became final."""
@@ -232,27 +221,31 @@ class Monitor:
             self.wandb.log(metrics)
         return [metrics for metrics, _ in finished]
 
-    def maybe_checkpoint(self, newest_step: int) -> None:
+    def maybe_checkpoint(self) -> None:
         interval = self.args.save_checkpoint_step_interval
-        if self.checkpointer is None or interval <= 0 or newest_step - self.last_checkpoint_step < interval:
+        if self.checkpointer is None or interval <= 0 or self.checkpointer.step % interval != 0:
             return
-        folder = self.checkpointer.fetch_and_save()
+        folder = self.checkpointer.save()
         if folder is None:
             return
-        self.last_checkpoint_step = self.checkpointer.step
         self.store.add_checkpoint(self.checkpointer.step, folder)
         if self.args.push_to_hub:
             push_to_hub(folder, self.args.hub_model_id, self.args.hub_token, self.checkpointer.step)
 
+    def follow(self) -> None:
+        try:
+            if self.follower.poll():
+                self.maybe_checkpoint()
+        except Exception as e:  # a failed round or save must not stop the coordinator
+            logger.warning(f"Following the swarm's step failed, will go on: {e!r}")
+
     def run(self, stop: threading.Event) -> None:
-        newest_step = 0
+        next_poll = 0.0
         while not stop.is_set():
-            started = time.monotonic()
-            for metrics in self.poll():
-                newest_step = max(newest_step, metrics.step)
-            try:
-                self.maybe_checkpoint(newest_step)
-            except Exception as e:  # a failed download must not stop metrics collection
-                logger.warning(f"Checkpoint failed, will retry later: {e!r}")
-            stop.wait(max(0.0, self.args.refresh_period - (time.monotonic() - started)))
+            if self.follower is not None:
+                self.follow()
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.args.refresh_period
+                self.poll()
+            stop.wait(self.FOLLOW_PERIOD if self.follower is not None else max(0.0, next_poll - time.monotonic()))
         self._record(self.aggregator.flush())

@@ -17,6 +17,8 @@ import logging
 import random
 import time
 import types
+from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -36,6 +38,8 @@ from hivemind.averaging import DecentralizedAverager
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
 
+from collab.journal import TensorProbe
+from collab.sync import SyncCheck, SyncRecord, SyncVerdict
 from collab.arguments import AveragerArguments, CollaborationArguments, PeerArguments, ProgressTrackerArguments
 from collab.cli import RateLimitedLog, check_stop
 
@@ -45,6 +49,12 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 SIZE_ADAPTIVE_THRESHOLD = 2**16 + 1  # fp16 below, 8-bit at or above (sahajBERT's choice)
+SYNC_PROBE_SIZE = 128  # positions of the gradient and parameters compared between peers after each step
+OUT_OF_SYNC_BEFORE_ADVICE = 3  # steps out of sync in a row before a peer is told what to change, and backs off
+MAX_RESYNC_INTERVAL = 32  # global steps between re-sync attempts at most
+COORDINATOR_PRIORITY_OFFSET = -0.25  # a coordinator's state comes after a live trainer's of the same step
+OUT_OF_SYNC_PRIORITY_OFFSET = -0.5  # a peer out of sync comes after every peer in sync
+NEVER = 2**62  # hivemind averages the state when the next step is a multiple of average_state_every
 
 
 def make_compression(name: str) -> CompressionBase:
@@ -64,28 +74,40 @@ def make_compression(name: str) -> CompressionBase:
     return choices[name]()
 
 
-class RecordingGradientAverager(GradientAverager):
-    """A GradientAverager that remembers its latest round, so the trainer can report who it averaged with."""
+class RoleGradientAverager(GradientAverager):
+    """A GradientAverager that tells its groupmates its role (trainer, aux or coordinator) through hivemind's
+    all-gather, so that a round's group can be counted in trainers, not just peers."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, role: str = "trainer", **kwargs):
+        self.role = role
         super().__init__(*args, **kwargs)
-        self.latest_round: Optional[StepControl] = None
 
-    def step(self, *args, **kwargs):
-        result = super().step(*args, **kwargs)
-        if isinstance(result, StepControl):
-            self.latest_round = result
-        return result
+    def schedule_step(self, *args, **kwargs) -> StepControl:
+        kwargs.setdefault("gather", dict(role=self.role))
+        return super().schedule_step(*args, **kwargs)
 
-    def pop_latest_round(self) -> tuple[int, str]:
-        """Size and outcome of the latest gradient round: (peers, "averaged"), (1, "failed") when the round broke
-        down and this peer went on with its local gradients, or (1, "alone") when no round was held."""
-        control, self.latest_round = self.latest_round, None
-        if control is None:
-            return 1, "alone"
-        if not control.done() or control.cancelled() or control.exception() is not None:
-            return 1, "failed"
-        return len(control.result()), "averaged"
+
+@dataclass
+class RoundReport:
+    """What this peer's gradient round at one global step came to, in its own words (before the value check).
+
+    outcome: averaged (the round finished), failed (it broke down after the trigger: hivemind then steps with a
+    zero gradient), expired (the pre-scheduled round was over before the step: hivemind steps with the local
+    gradient), alone (no other peer was seen: the local gradient, as it should be).
+    """
+
+    step: int
+    outcome: str
+    trainers: int = 1  # trainers in the group, this one included
+    aux: int = 0  # aux peers and coordinators in the group (they average no samples of their own)
+
+
+def count_roles(gathered) -> tuple[int, int]:
+    """(trainers, others) in a finished round's group, from the roles its members gathered."""
+    roles = [data.get("role", "trainer") if isinstance(data, dict) else "trainer"
+             for data in (gathered.values() if isinstance(gathered, dict) else ())]
+    trainers = sum(role == "trainer" for role in roles)
+    return trainers, len(roles) - trainers
 
 
 class _RememberDownloadedEpoch(DecentralizedAverager):
@@ -164,14 +186,153 @@ def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Opti
 
 
 class SwarmOptimizer(hivemind.Optimizer):
-    """hivemind.Optimizer with bounded state downloads and a finiteness check on local gradients."""
+    """hivemind.Optimizer that keeps this peer on the swarm's model (see collab.sync), with bounded state downloads
+    and a finiteness check on local gradients.
 
-    def __init__(self, *args, load_state_attempts: int = 5, load_state_backoff: float = 2.0, **kwargs):
-        self.load_state_attempts, self.load_state_backoff = load_state_attempts, load_state_backoff
+    After every global step it classifies its own gradient round (RoundReport), publishes what it applied, and
+    later compares that with the other peers' records. A peer that did not apply the swarm's update stops offering
+    its state at once and downloads the state of a peer that did before it contributes again; a peer that keeps
+    falling out of sync re-syncs less and less often and says what to change.
+    """
+
+    def __init__(self, *args, load_state_attempts: int = 5, load_state_backoff: float = 2.0, role: str = "trainer",
+                 **kwargs):
+        self.load_state_attempts, self.load_state_backoff, self.role = load_state_attempts, load_state_backoff, role
         self.nonfinite_gradient_steps = self.state_downloads = 0
         self.discarded_accumulations = 0  # times this peer's accumulated gradients were thrown away
         self._warn_nonfinite = RateLimitedLog(logger)
+        self.in_sync, self._suspect = True, False
+        self.outcome_counts: Counter[str] = Counter()  # averaged / partial / failed / expired / alone
+        self.resyncs = 0
+        self.last_round: Optional[RoundReport] = None
+        self.sync_events: list[dict] = []  # verdicts and re-syncs, for the trainer's journal (it drains the list)
+        self._round_notes: dict = {}
+        self._out_of_sync_streak, self._resync_failures, self._next_resync_epoch = 0, 0, 0
+        self._ignore_verdicts_through = -1  # verdicts on steps before the last re-sync are moot
         super().__init__(*args, **kwargs)
+        parameters = [param for group in self.state_averager.optimizer.param_groups for param in group["params"]]
+        self._probe = TensorProbe(parameters, size=SYNC_PROBE_SIZE, seed=1)
+        self.sync_check = None
+        if not self.auxiliary and self.use_gradient_averaging:
+            self.sync_check = SyncCheck(self.dht, self.run_id, settle=max(2.0, self.matchmaking_time))
+
+    # ---- what this peer's round came to ----
+
+    def _update_global_epoch(self, grad_scaler) -> None:
+        if self.sync_check is not None:
+            self._take_verdict(self.sync_check.poll(force=True))  # the previous step's verdict comes first
+        before = self._probe.values()
+        self._round_notes = dict(others=self._others_in_swarm(), expired=False, began=False, control=None)
+        super()._update_global_epoch(grad_scaler)
+        report = self.last_round = self._round_report()
+        self.outcome_counts[report.outcome] += 1
+        if report.outcome in ("failed", "expired") and self._round_notes["others"]:
+            self._suspect = True  # it stepped differently from the others: no offering until the check says
+        if self.sync_check is not None:
+            after = self._probe.values()
+            self.sync_check.publish(SyncRecord(
+                step=self.local_epoch, gradient=self._applied_gradient(), parameters=after,
+                move=max((abs(a - b) for a, b in zip(after, before)), default=0.0),
+                serving=not self.client_mode and self.in_sync and not self._suspect, outcome=report.outcome))
+        self._update_offer_priority()
+
+    def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        scheduled = self.scheduled_grads
+        self._round_notes["expired"] = scheduled is not None and (scheduled.triggered or scheduled.done())
+        began = super()._begin_averaging_gradients(grad_scaler)
+        self._round_notes["began"] = began
+        return began
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Optional[StepControl]):
+        self._round_notes["control"] = maybe_step_control
+        return super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+
+    def _round_report(self) -> RoundReport:
+        notes, step = self._round_notes, self.local_epoch
+        control = notes.get("control")
+        if notes.get("began") and control is not None:
+            if control.done() and not control.cancelled() and control.exception() is None:
+                trainers, others = count_roles(control.result())
+                return RoundReport(step, "averaged", max(trainers, 1), others)
+            return RoundReport(step, "failed")
+        if notes.get("expired"):
+            return RoundReport(step, "expired")
+        return RoundReport(step, "failed" if notes.get("others") else "alone")  # others seen, but no round began
+
+    def _applied_gradient(self) -> list[float]:
+        """Probe of the gradient the optimizer just applied (hivemind's averaged buffers keep it until the next
+        round; with --delay_grad_averaging the round may still be running, so the check is approximate there)."""
+        with self.grad_averager.get_tensors() as averaged:
+            return self._probe.values(list(averaged))
+
+    # ---- the value check and the re-sync ----
+
+    def _take_verdict(self, verdict: Optional[SyncVerdict]) -> None:
+        if verdict is None or verdict.step <= self._ignore_verdicts_through:
+            return
+        own_outcome = self.last_round.outcome if self.last_round and self.last_round.step == verdict.step else None
+        self.sync_events.append(dict(event="sync", **dataclasses.asdict(verdict), outcome=own_outcome))
+        if verdict.in_sync:
+            if verdict.peers_compared > 1:  # a suspect peer stays suspect until others' records clear it
+                self._suspect, self._out_of_sync_streak = False, 0
+            if self.in_sync:
+                self._update_offer_priority()
+            return
+        if own_outcome == "averaged":  # hivemind said the round succeeded, yet the values differ: a partial round
+            self.outcome_counts["partial"] += 1
+            self.sync_events[-1]["outcome"] = "partial"
+        self.in_sync = False
+        self._out_of_sync_streak += 1
+        self._update_offer_priority()
+        logger.warning(f"Global step {verdict.step}: this peer did not apply the swarm's update "
+                       f"({'; '.join(verdict.reasons)}; its round: {self.sync_events[-1]['outcome']}): it stops "
+                       f"offering its state and re-syncs from a peer in sync")
+        if self._out_of_sync_streak == OUT_OF_SYNC_BEFORE_ADVICE:
+            logger.warning(f"This peer fell out of sync at {OUT_OF_SYNC_BEFORE_ADVICE} global steps in a row: its "
+                           f"averaging rounds do not reach the other peers. Behind NAT or a firewall, restart it with "
+                           f"--client_mode; make sure the swarm has a reachable peer (the coordinator or an aux peer, "
+                           f"run_aux.py) and that this peer's port is open. It now re-syncs less and less often.")
+
+    def step(self, *args, **kwargs):
+        if self.sync_check is not None:
+            self._take_verdict(self.sync_check.poll())
+            if not self.in_sync and self.local_epoch >= self._next_resync_epoch:
+                self.resync()
+                return None  # local gradients computed on out-of-sync parameters are thrown away
+        return super().step(*args, **kwargs)
+
+    def resync(self) -> bool:
+        """Download the state of a peer in sync; True if it arrived. Repeated failures space the attempts out."""
+        before = self.local_epoch
+        if self.load_state_from_peers():
+            self.in_sync, self._suspect, self._resync_failures = True, False, 0
+            self._ignore_verdicts_through = before
+            self.resyncs += 1
+            self._update_offer_priority()
+            self.sync_events.append(dict(event="resynced", step=self.local_epoch, from_step=before))
+            logger.info(f"Re-synced: this peer now holds the swarm's state of global step {self.local_epoch}")
+            if self._out_of_sync_streak >= OUT_OF_SYNC_BEFORE_ADVICE:
+                interval = min(2 ** (self._out_of_sync_streak - OUT_OF_SYNC_BEFORE_ADVICE + 1), MAX_RESYNC_INTERVAL)
+                self._next_resync_epoch = self.local_epoch + interval
+            return True
+        self._resync_failures += 1
+        interval = min(2 ** self._resync_failures, MAX_RESYNC_INTERVAL)
+        self._next_resync_epoch = self.local_epoch + interval
+        logger.warning(f"Could not re-sync (no peer in sync sent its state): training on, trying again in "
+                       f"{interval} global step(s)")
+        return False
+
+    def _update_offer_priority(self) -> None:
+        """Offer this peer's state at its step (a coordinator a little lower, so that live trainers come first); a
+        peer out of sync, or suspected to be, offers below every peer in sync."""
+        if self.client_mode:
+            return
+        offset = 0.0 if self.role == "trainer" else COORDINATOR_PRIORITY_OFFSET
+        if not self.in_sync or self._suspect:
+            offset = OUT_OF_SYNC_PRIORITY_OFFSET
+        self.state_averager.state_sharing_priority = self.local_epoch + offset
+        if self.use_gradient_averaging:
+            self.grad_averager.state_sharing_priority = self.local_epoch + offset
 
     def _make_state_averager(self, **kwargs) -> ReportingStateAverager:
         return ReportingStateAverager(
@@ -225,7 +386,7 @@ class SwarmOptimizer(hivemind.Optimizer):
 
         hivemind's version retries forever and logs a traceback each time. Here one call makes at most
         --load_state_attempts attempts (hivemind itself moves on to the next donor within an attempt); when
-        all fail, the peer goes on with its local state and hivemind asks again if it stays out of sync.
+        all fail, the peer goes on with its local state and its old step, and hivemind asks again.
         """
         if self.scheduled_grads is not None and not self.scheduled_grads.done():
             self._tag_along_with_zero_weight(self.scheduled_grads)  # leaving a round would stall the others
@@ -233,24 +394,24 @@ class SwarmOptimizer(hivemind.Optimizer):
         self.state_averager.step(wait_for_delayed_updates=True)
         with self.tracker.pause_updates():
             loaded = self._download_state(**kwargs)
-            if self.tracker.global_epoch - 1 <= self.local_epoch < self.tracker.global_epoch:
-                self.state_averager.local_epoch = self.tracker.global_epoch  # the swarm just stepped: catch up
+            # the swarm may have stepped during the download: catch up, but only with a state that arrived (a peer
+            # that bumped its step over a failed download would serve stale parameters as current ones)
+            if loaded and self.tracker.global_epoch - 1 <= self.local_epoch < self.tracker.global_epoch:
+                self.state_averager.local_epoch = self.tracker.global_epoch
             self.tracker.report_local_progress(local_epoch=self.local_epoch, samples_accumulated=0)
-            if not self.client_mode:
-                self.state_averager.state_sharing_priority = self.local_epoch
             if self.use_gradient_averaging:
                 self.grad_averager.reset_accumulated_grads_()
                 self.discarded_accumulations += 1
-                if not self.client_mode:
-                    self.grad_averager.state_sharing_priority = self.local_epoch
+            self._update_offer_priority()
         return loaded
 
     def _download_state(self, **kwargs) -> bool:
         for attempt in range(1, self.load_state_attempts + 1):
             check_stop()
-            donors = self.state_averager.donors()
+            donors = {peer: priority for peer, priority in self.state_averager.donors().items()
+                      if priority >= self.local_epoch + OUT_OF_SYNC_PRIORITY_OFFSET / 2}  # not behind, not out of sync
             if not donors:
-                logger.info("No other peer offers its state yet: keeping the local state")
+                logger.info("No other peer in sync offers its state yet: keeping the local state")
                 return False
             started = time.monotonic()
             try:
@@ -299,9 +460,11 @@ def create_optimizer(
     scheduler_factory: Optional[SchedulerFactory],
     batch_size_per_step: Optional[int],
     auxiliary: bool = False,
-) -> hivemind.Optimizer:
+    role: Optional[str] = None,
+) -> SwarmOptimizer:
     """A hivemind.Optimizer that accumulates until the swarm reaches the target batch, then averages and steps."""
     compression = make_compression(collab.compression)
+    role = role or ("aux" if auxiliary else "trainer")
     shared_averager_kwargs = averager_kwargs(collab, averager)
     return SwarmOptimizer(
         dht=dht,
@@ -320,13 +483,14 @@ def create_optimizer(
         offload_optimizer=collab.offload_optimizer,
         delay_optimizer_step=collab.delay_optimizer_step,
         delay_grad_averaging=collab.delay_grad_averaging,
-        average_state_every=collab.average_state_every,
+        average_state_every=collab.average_state_every or NEVER,
         average_opt_statistics=tuple(collab.average_opt_statistics),
         client_mode=dht.client_mode,
         auxiliary=auxiliary,
         grad_compression=compression,
         state_averaging_compression=compression,
-        grad_averager_factory=partial(RecordingGradientAverager, **shared_averager_kwargs),
+        role=role,
+        grad_averager_factory=partial(RoleGradientAverager, role=role, **shared_averager_kwargs),
         averager_opts=shared_averager_kwargs,
         tracker_opts=dataclasses.asdict(tracker),
         verbose=collab.verbose_optimizer,

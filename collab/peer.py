@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -13,31 +14,44 @@ from typing import Iterable, Optional, Sequence
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.p2p import P2P, PeerID
+from hivemind.proto import crypto_pb2
 from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from collab.arguments import PeerArguments
+from collab.arguments import INITIAL_PEERS_EXAMPLE, PeerArguments, validate_initial_peers  # noqa: F401 (re-exported)
 from collab.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-INITIAL_PEERS_EXAMPLE = "/ip4/A.B.C.D/tcp/PORT/p2p/PEER_ID"
 DIAL_TIMEOUT = 5.0  # seconds to re-dial one initial peer
 
 
-def validate_initial_peers(maddrs: Sequence[str], flag: str = "--initial_peers") -> list[str]:
-    """Check that every entry is a full multiaddr that names a peer ID."""
-    for maddr in maddrs:
-        try:
-            protocols = {proto.name for proto in Multiaddr(maddr).protocols()}
-        except Exception:
-            raise UserError(
-                f"{flag} {maddr!r} is not a multiaddr; expected {INITIAL_PEERS_EXAMPLE} "
-                f"(copy the line the coordinator prints)"
-            ) from None
-        if "p2p" not in protocols:
-            raise UserError(f"{flag} {maddr!r} lacks the peer ID; expected {INITIAL_PEERS_EXAMPLE}")
-    return list(maddrs)
+def ensure_identity(identity_path: Optional[str]) -> None:
+    """Create the --identity_path key on the first run, so that the peer ID (and the --initial_peers line) lasts.
+
+    hivemind 1.1.12 would create it too, but inside the DHT's process, without saying which peer ID it got, and with a
+    traceback when the folder is missing. Here it is written with hivemind's own key type (RSA, libp2p's protobuf),
+    readable by its owner only, and never over a key that appeared meanwhile (link, not rename).
+    """
+    if identity_path is None or Path(identity_path).exists():
+        return
+    key = crypto_pb2.PrivateKey(key_type=crypto_pb2.KeyType.RSA, data=RSAPrivateKey().to_bytes()).SerializeToString()
+    path = Path(identity_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(key)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return  # another process created it first: use that one
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info(f"Created a new identity at {path} (peer ID {PeerID.from_identity(key)})")
 
 
 def _use_only_trusted_relays() -> None:
@@ -74,6 +88,7 @@ def create_dht(
 ) -> hivemind.DHT:
     """Start this peer's DHT node; unreachable initial peers become a one-line UserError."""
     initial_peers = validate_initial_peers(args.initial_peers)
+    ensure_identity(args.identity_path)
     if args.trusted_relays:
         kwargs["trusted_relays"] = validate_initial_peers(args.trusted_relays, flag="--trusted_relays")
         _use_only_trusted_relays()

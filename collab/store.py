@@ -19,11 +19,14 @@ CREATE TABLE IF NOT EXISTS global_steps (
     samples_per_second REAL, mini_steps INTEGER
 );
 CREATE TABLE IF NOT EXISTS peer_metrics (
-    step INTEGER, peer TEXT, time REAL, loss REAL, mini_steps INTEGER, samples INTEGER,
-    samples_per_second REAL, group_size INTEGER, PRIMARY KEY (step, peer)
+    step INTEGER, peer TEXT, time REAL, loss_sum REAL, mini_steps INTEGER, samples INTEGER,
+    samples_per_second REAL, outcome TEXT, trainers_averaged INTEGER, aux_in_group INTEGER,
+    rounds_failed INTEGER, rounds_partial INTEGER, resyncs INTEGER, PRIMARY KEY (step, peer)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (step INTEGER PRIMARY KEY, time REAL, path TEXT);
 """
+PEER_COLUMNS = ("step", "peer", "time", "loss_sum", "mini_steps", "samples", "samples_per_second", "outcome",
+                "trainers_averaged", "aux_in_group", "rounds_failed", "rounds_partial", "resyncs")
 
 
 class MetricsStore:
@@ -32,6 +35,15 @@ class MetricsStore:
         self.connection = sqlite3.connect(str(path), timeout=30)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store written by an older coordinator lacks the newer per-peer columns: add them (empty)."""
+        present = {row[1] for row in self.connection.execute("PRAGMA table_info(peer_metrics)")}
+        with self.connection:
+            for column in PEER_COLUMNS:
+                if column not in present:
+                    self.connection.execute(f"ALTER TABLE peer_metrics ADD COLUMN {column}")
 
     def add_step(self, step: GlobalMetrics, peers: Mapping[str, LocalMetrics]) -> None:
         now = time.time()
@@ -41,9 +53,11 @@ class MetricsStore:
                 ":samples_per_second, :mini_steps)", dict(dataclasses.asdict(step), time=now),
             )
             self.connection.executemany(
-                "INSERT OR REPLACE INTO peer_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(record.step, peer, now, record.loss, record.mini_steps, record.samples_accumulated,
-                  record.samples_per_second, record.group_size) for peer, record in peers.items()],
+                f"INSERT OR REPLACE INTO peer_metrics ({', '.join(PEER_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(PEER_COLUMNS))})",
+                [(record.step, peer, now, record.loss_sum, record.mini_steps, record.samples_accumulated,
+                  record.samples_per_second, record.outcome, record.trainers_averaged, record.aux_in_group,
+                  record.rounds_failed, record.rounds_partial, record.resyncs) for peer, record in peers.items()],
             )
 
     def add_checkpoint(self, step: int, path: Path) -> None:

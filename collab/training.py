@@ -40,11 +40,10 @@ from collab.checkpoints import (
     verify_checkpoint,
 )
 from collab.errors import UserError
-from collab.faults import FaultPlan
 from collab.final_state import FinalStateAgreement
 from collab.journal import JOURNAL_FILE, Journal, ParameterProbe, optimizer_digest
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
-from collab.optimizer import OptimizerFactory, SchedulerFactory, SwarmOptimizer, create_optimizer
+from collab.optimizer import OptimizerFactory, RoundReport, SchedulerFactory, SwarmOptimizer, create_optimizer
 from collab.peer import InitialPeerReconnector, check_swarm_config, create_dht, declare_swarm_config
 
 logger = logging.getLogger(__name__)
@@ -133,12 +132,11 @@ class CollaborativeTrainer:
         compute_loss: LossFunction = model_loss,
         save_arguments: Optional[dict] = None,
         journal: Optional[Journal] = None,
-        faults: Optional[FaultPlan] = None,
         reconnector: Optional[InitialPeerReconnector] = None,
     ):
         self.model, self.opt, self.batches, self.args, self.device = model, optimizer, batches, args, device
         self.reporter, self.compute_loss, self.save_arguments = reporter, compute_loss, save_arguments or {}
-        self.journal, self.faults = journal or Journal(None), faults or FaultPlan()
+        self.journal = journal or Journal(None)
         self.reconnector = reconnector
         self.probe = ParameterProbe(_unwrap(model))
         self.use_amp = args.fp16 and device.type == "cuda"
@@ -165,7 +163,7 @@ class CollaborativeTrainer:
             batch = {key: value.to(self.device) for key, value in next(self.batches).items()}
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
             with autocast:
-                loss = self.faults.corrupt_loss(self.compute_loss(self.model, batch), self.attempted_steps)
+                loss = self.compute_loss(self.model, batch)
             if not torch.isfinite(loss):  # never let a bad batch poison the accumulated gradients
                 self._on_nonfinite_loss(loss.item())
                 continue
@@ -175,7 +173,6 @@ class CollaborativeTrainer:
             losses.append(loss.item())
         if not losses:
             return None
-        self.faults.corrupt_grads(self.model, self.attempted_steps)
         batch_size = self.args.per_device_train_batch_size * len(losses)
         self.samples_computed += batch_size
         discarded_before = self.opt.discarded_accumulations
@@ -194,7 +191,14 @@ class CollaborativeTrainer:
         return sum(losses) / len(losses)
 
     def _journal_progress(self) -> None:
-        """Samples computed (at most once a second), the start of each gradient round and each state download."""
+        """Samples computed (at most once a second), the start of each gradient round, each state download, and
+        the value check's verdicts and re-syncs."""
+        while self.opt.sync_events:
+            event = self.opt.sync_events.pop(0)
+            self.journal.write(**event)
+            if event["event"] == "resynced":
+                self.journal_state("resynced")
+                self._journaled_downloads = self.opt.state_downloads
         if self.opt.state_downloads != self._journaled_downloads:
             self._journaled_downloads = self.opt.state_downloads
             self.journal_state("downloaded")
@@ -217,10 +221,10 @@ class CollaborativeTrainer:
             self.nonfinite_in_a_row = 0
             self.opt.load_state_from_peers()
 
-    def journal_state(self, reason: str, seconds: Optional[float] = None) -> None:
+    def journal_state(self, reason: str, seconds: Optional[float] = None, **fields) -> None:
         """Record the state this peer now holds (after a download, a resume or a re-sync)."""
         self.journal.write("state", reason=reason, step=self.opt.local_epoch, seconds=seconds,
-                           optimizer=optimizer_digest(self.opt.state_dict()), **self.probe.read())
+                           optimizer=optimizer_digest(self.opt.state_dict()), **fields, **self.probe.read())
 
     def train(self) -> None:
         args = self.args
@@ -259,29 +263,37 @@ class CollaborativeTrainer:
     def on_global_step(self) -> None:
         """Report what this peer contributed to the step just taken, and checkpoint when it is time."""
         step = self.opt.local_epoch
-        group_size, outcome = self.opt.grad_averager.pop_latest_round() if self.opt.grad_averager else (1, "alone")
+        report = self.opt.last_round
+        if report is None or report.step != step:
+            report = RoundReport(step, "alone")  # it reached this step by a download, not by a round of its own
         if self.mini_steps == 0:  # it reached this step by downloading the state: nothing of its own to report
             logger.info(f"Global step {step}: reached by downloading the swarm's state")
             self.reported_epoch = step
             return
+        counts = self.opt.outcome_counts
         metrics = LocalMetrics(
             step=step,
             samples_per_second=float(self.opt.tracker.performance_ema.samples_per_second),
             samples_accumulated=self.samples,
-            loss=float(self.loss_sum),
+            loss_sum=float(self.loss_sum),
             mini_steps=self.mini_steps,
-            group_size=group_size,
+            outcome=report.outcome,
+            trainers_averaged=report.trainers,
+            aux_in_group=report.aux,
+            rounds_failed=counts["failed"] + counts["expired"] + counts["partial"],
+            rounds_partial=counts["partial"],
+            resyncs=self.opt.resyncs,
         )
         mean_loss = self.loss_sum / max(self.mini_steps, 1)
-        shared = f"averaged in a group of {group_size}" if group_size >= 2 else "no averaging (alone)"
-        logger.info(f"Global step {step}: local loss {mean_loss:.4f} over {self.samples} samples, {shared}, "
-                    f"lr {self.opt.param_groups[0]['lr']:.3g}, {metrics.samples_per_second:.1f} samples/s")
+        logger.info(f"Global step {step}: local loss {mean_loss:.4f} over {self.samples} samples, "
+                    f"{describe_round(report)}, lr {self.opt.param_groups[0]['lr']:.3g}, "
+                    f"{metrics.samples_per_second:.1f} samples/s")
         if self.reporter is not None:
             self.reporter.report(metrics)
         probe = self.probe.read()
-        self.journal.write("step", **metrics.dict(), round=outcome, samples_computed=self.samples_computed,
+        self.journal.write("step", **metrics.dict(), samples_computed=self.samples_computed,
                            nonfinite_losses=self.nonfinite_total,
-                           nonfinite_gradients=self.opt.nonfinite_gradient_steps, **probe)
+                           nonfinite_gradients=self.opt.nonfinite_gradient_steps, in_sync=self.opt.in_sync, **probe)
         if not probe["finite"]:  # never serve or average broken parameters: take a healthy peer's state
             logger.error(f"This peer's parameters hold inf/NaN after global step {step}: downloading the swarm's state")
             self.opt.load_state_from_peers()
@@ -298,6 +310,15 @@ class CollaborativeTrainer:
         self.journal.write("checkpoint", step=self.opt.local_epoch, folder=str(folder))
         logger.info(f"Saved checkpoint {folder}")
         return folder
+
+
+def describe_round(report: RoundReport) -> str:
+    """The round in words for the log: whom it averaged with, or what happened instead."""
+    if report.outcome == "averaged":
+        aux = f" and {report.aux} aux peer(s)" if report.aux else ""
+        return f"averaged with {report.trainers - 1} other trainer(s){aux}"
+    return dict(failed="its gradient round failed", expired="its pre-scheduled round expired before the step",
+                alone="no other trainer seen: stepped alone")[report.outcome]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -334,7 +355,6 @@ def run_collaborative_training(
     device = resolve_device(args.device)
     if args.fp16 and device.type != "cuda":
         logger.warning("--fp16 needs CUDA: training in fp32 on the CPU")
-    faults = FaultPlan.from_environment()
     journal = Journal(output_dir / JOURNAL_FILE)
     journal.write("start", resume_from_checkpoint=args.resume_from_checkpoint)
 
@@ -359,16 +379,16 @@ def run_collaborative_training(
         logger.info(f"Looking for peers to download the latest training state from (local step "
                     f"{optimizer.local_epoch})")
         started = time.monotonic()
-        optimizer.load_state_from_peers()
+        downloaded = optimizer.load_state_from_peers()
         logger.info(f"Starting at global step {optimizer.local_epoch}")
 
         reporter = MetricsReporter(dht, peer.run_id, public_key, task.swarm_config, args.statistics_expiration)
         batches = infinite_batches(task.dataset, args.per_device_train_batch_size, task.collate_fn,
                                    seed=peer_seed(args.seed, public_key), num_workers=args.dataloader_num_workers)
         trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter, task.compute_loss,
-                                       save_arguments=all_arguments, journal=journal, faults=faults,
+                                       save_arguments=all_arguments, journal=journal,
                                        reconnector=InitialPeerReconnector(dht, peer.initial_peers))
-        trainer.journal_state("joined", seconds=time.monotonic() - started)
+        trainer.journal_state("joined", seconds=time.monotonic() - started, downloaded=downloaded)
         trainer.train()
         logger.info(f"Reached global step {optimizer.local_epoch}: done")
     finally:

@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
-from collab.netlab import NetworkLab
+from collab.lab.netlab import NetworkLab
 from p2p.scenario import (AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, conclude, prepare_output,
                           print_rounds, swarm_checks)
 

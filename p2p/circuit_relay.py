@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
-from collab.netlab import NetworkLab
+from collab.lab.netlab import NetworkLab
 from p2p.scenario import (COORDINATOR_PORT, PEER_PORT, LabPeer, ScenarioArguments, lab_maddr, listen_on,
                           conclude, prepare_output, tcp_connect, verdict)
 

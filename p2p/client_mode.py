@@ -8,7 +8,9 @@ journals and the coordinator's metrics store:
   - nobody can connect to the laptop (a plain TCP dial from a public host fails);
   - the laptop's gradients went into averaging rounds with the public trainers (group size >= 2 in its journal);
   - the coordinator counted the laptop's samples in the global steps;
-  - the laptop stays in sync: its parameters match the public trainers' after every step both recorded.
+  - the laptop holds the swarm's model during training: after every step its parameters are within the fp16 bound
+    of the public trainers' (collab.lab.one_model), or it re-synced within 2 steps of its own check finding it
+    apart; and it ends with their exact model.
 Writes report.json; exit 1 if a check fails. Needs root. Tutorial: p2p/nat-traversal.md.
 
     sudo .venv/bin/python p2p/client_mode.py
@@ -24,7 +26,7 @@ if __package__ in (None, ""):
 
 from collab.arguments import parse_arguments
 from collab.cli import run_main, setup_logging
-from collab.netlab import NetworkLab
+from collab.lab.netlab import NetworkLab
 from p2p.scenario import (PEER_PORT, AlbertLabArguments, AlbertLabSwarm, ScenarioArguments, conclude,
                           prepare_output, print_rounds, swarm_checks, tcp_connect)
 

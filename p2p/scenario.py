@@ -1,6 +1,6 @@
 """What the p2p scenarios share: peers inside lab hosts, their JSON events, ALBERT swarms in the lab, reports.
 
-A scenario script builds a lab (collab/netlab.py), starts real peers inside its hosts (p2p/lab_peer.py for bare
+A scenario script builds a lab (collab/lab/netlab.py), starts real peers inside its hosts (p2p/lab_peer.py for bare
 DHT peers, the ALBERT scripts for training), checks what happened from the peers' own output (events, journals,
 the coordinator's metrics store) and writes `report.json` next to the peers' logs. Everything runs as root.
 """
@@ -20,9 +20,10 @@ from typing import Callable, Optional, Sequence
 
 from collab.errors import UserError
 from collab.journal import JOURNAL_FILE, probe_distance, read_journal
-from collab.netlab import NetworkLab
+from collab.lab.netlab import NetworkLab
+from collab.lab.one_model import RESYNC_WITHIN, one_model_report
+from collab.lab.swarm import REPO_ROOT, LocalSwarm, PeerProcess
 from collab.store import read_store
-from collab.swarm import REPO_ROOT, LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def prepare_output(args: ScenarioArguments, scenario: str) -> Path:
     output_dir = Path(args.output_dir or f"outputs/p2p/{scenario}").resolve()
     shutil.rmtree(output_dir, ignore_errors=True)  # a scenario always starts from scratch
     output_dir.mkdir(parents=True)
-    logging.getLogger("collab.netlab").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("collab.lab.netlab").setLevel(logging.INFO if args.verbose else logging.WARNING)
     return output_dir
 
 
@@ -157,8 +158,7 @@ class AlbertLabSwarm:
         self.swarm = LocalSwarm(output_dir / "logs")
         self.common = ["--config", str(DEMO_CONFIG), "--dataset_path", str(albert_dataset(args)), "--run_id", run_id,
                        "--max_steps", str(args.max_steps), "--target_batch_size", str(args.target_batch_size),
-                       "--matchmaking_time", "4", "--averaging_timeout", "60", "--compression", "none",
-                       "--average_opt_statistics", "exp_avg", "exp_avg_sq", "--startup_timeout", "60"]
+                       "--matchmaking_time", "4", "--averaging_timeout", "60", "--startup_timeout", "60"]
         self.initial_peers: list[str] = []
         self.trainers: dict[str, PeerProcess] = {}
         self.coordinator: Optional[PeerProcess] = None
@@ -169,9 +169,9 @@ class AlbertLabSwarm:
     def __exit__(self, *exc) -> None:
         self.swarm.stop_all()
 
-    def start_coordinator(self, host: str) -> list[str]:
+    def start_coordinator(self, host: str, extra: Sequence[str] = ()) -> list[str]:
         folder = self.output_dir / "coordinator"
-        self.coordinator = self.swarm.start("coordinator", "albert/run_first_peer.py", self.common + [
+        self.coordinator = self.swarm.start("coordinator", "albert/run_first_peer.py", self.common + [*extra,
             *listen_on(COORDINATOR_PORT), "--monitor_output_dir", str(folder),
             "--identity_path", str(self.output_dir / "coordinator.id"), "--refresh_period", "0.5",
             "--wandb_mode", "disabled"], wrap=partial(self.lab.command, host))
@@ -208,18 +208,21 @@ class AlbertLabSwarm:
 
     # -- what happened, from the peers' own records --
 
+    def journal(self, name: str) -> list[dict]:
+        return read_journal(self.output_dir / name / JOURNAL_FILE)
+
     def steps(self, name: str) -> dict[int, dict]:
         """A trainer's journal: what it contributed to each global step and how the round went."""
-        return {e["step"]: e for e in read_journal(self.output_dir / name / JOURNAL_FILE) if e["event"] == "step"}
+        return {e["step"]: e for e in self.journal(name) if e["event"] == "step"}
 
     def store(self) -> dict[str, list[dict]]:
         return read_store(self.output_dir / "coordinator/metrics.sqlite")
 
     def counted_by_monitor(self, name: str) -> list[int]:
         """Steps at which the coordinator's metrics store holds the numbers this trainer published."""
-        rows = {(r["step"], r["loss"], r["mini_steps"], r["samples"]) for r in self.store()["peer_metrics"]}
+        rows = {(r["step"], r["loss_sum"], r["mini_steps"], r["samples"]) for r in self.store()["peer_metrics"]}
         return sorted(step for step, e in self.steps(name).items()
-                      if (step, e["loss"], e["mini_steps"], e["samples_accumulated"]) in rows)
+                      if (step, e["loss_sum"], e["mini_steps"], e["samples_accumulated"]) in rows)
 
     def probe_gap(self, first: str, second: str) -> dict[int, float]:
         """Largest parameter difference between two trainers after each global step both journaled."""
@@ -243,8 +246,8 @@ class AlbertLabSwarm:
         return dict(
             steps=len(steps),
             averaged_with_others=sorted(step for step, e in steps.items()
-                                        if e["round"] == "averaged" and e["group_size"] >= 2),
-            group_sizes={str(s): e["group_size"] for s, e in sorted(steps.items())},
+                                        if e["outcome"] == "averaged" and e["trainers_averaged"] >= 2),
+            group_sizes={str(s): e["trainers_averaged"] + e["aux_in_group"] for s, e in sorted(steps.items())},
             samples=sum(e["samples_accumulated"] for e in steps.values()),
             counted_by_monitor=self.counted_by_monitor(name),
         )
@@ -284,11 +287,15 @@ def swarm_checks(swarm: AlbertLabSwarm, checked: Sequence[str], reference: str) 
     for name in checked:
         checks[f"{name}'s gradients were averaged with other peers"] = len(rounds[name]["averaged_with_others"]) >= half
         checks[f"the coordinator counted {name}'s samples"] = len(rounds[name]["counted_by_monitor"]) >= half
-        # The gap during training is reported, not judged: a trainer that misses one round on busy cores stays
-        # 0.05-0.14 away for the rest of a short run (state averaging does not close it), which is as far as
-        # trainers that never average drift in 3 steps; only the end-of-run agreement makes them identical.
         checks[f"{name} ends with {reference}'s exact model"] = swarm.same_final_model(reference, name)
+    # during training, not only at the end: every pair within the fp16 bound after every step, except for the
+    # RESYNC_WITHIN steps after a trainer's own value check found it apart (collab.lab.one_model)
+    one_model = one_model_report({name: swarm.journal(name) for name in names})
+    checks[f"the trainers held one model after every step (within the fp16 bound; a trainer apart re-synced within "
+           f"{RESYNC_WITHIN} steps)"] = one_model.held and len(one_model.pairs) > 0
     return dict(rounds=rounds, parameter_gap={name: {str(s): g for s, g in gap.items()} for name, gap in gaps.items()},
+                one_model=dict(violations=one_model.violations, out_of_sync=one_model.out_of_sync,
+                               worst_in_sync=one_model.worst(excused=False)),
                 checks=checks)
 
 
@@ -300,6 +307,9 @@ def print_rounds(report: dict) -> None:
     for name, gaps in report.get("parameter_gap", {}).items():
         shown = " ".join(f"{gap:.1e}" for gap in gaps.values())
         print(f"  {name:>8}: parameter gap to the reference trainer after each step: {shown}")
+    for name, steps in report.get("one_model", {}).get("out_of_sync", {}).items():
+        if steps:
+            print(f"  {name:>8}: its value check found it out of sync after steps {steps} (then it re-synced)")
 
 
 def print_checks(report: dict, output_dir: Path) -> None:

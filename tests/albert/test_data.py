@@ -26,8 +26,8 @@ from albert.data import (
     train_unigram_tokenizer,
 )
 from albert.demo_corpus import generate_corpus, write_corpus
+from collab.lab.swarm import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "albert" / "tokenize_wikitext103.py"
 WIKITEXT_DIR = REPO_ROOT.parent / "shared" / "data" / "wikitext" / "wikitext-2-raw"
 CLS, SEP = 2, 3

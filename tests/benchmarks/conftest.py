@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import pytest
 
-from collab.swarm import REPO_ROOT
+from collab.lab.swarm import REPO_ROOT
 
 
 @pytest.fixture(scope="session")

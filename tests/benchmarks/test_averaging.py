@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmarks.averaging import allreduce_bytes_per_peer, copy_bound_seconds, summarize_method
-from collab.swarm import REPO_ROOT
+from collab.lab.swarm import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 slow = pytest.mark.slow  # the tests that run the benchmark (15-25 s on 2 cores)

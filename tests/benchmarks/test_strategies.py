@@ -23,7 +23,7 @@ from benchmarks.strategies import (
     split_seconds,
     summarize_strategy,
 )
-from collab.swarm import REPO_ROOT
+from collab.lab.swarm import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(480)
 slow = pytest.mark.slow  # the tests that run the benchmark (1-3 minutes on 2 busy cores: 3 x 3-4 peer processes)

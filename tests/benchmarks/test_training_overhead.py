@@ -3,6 +3,7 @@
 every run and the ratios. Timings themselves are not asserted (not a timed test)."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -13,12 +14,13 @@ from benchmarks.training_overhead import (
     BASELINE,
     COLLABORATIVE,
     PLAIN,
+    PROCESS_KINDS,
     analyse,
     cpu_between,
     process_tree_cpu,
     window_rate,
 )
-from collab.swarm import REPO_ROOT
+from collab.lab.swarm import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 slow = pytest.mark.slow  # the test that runs the benchmark (30-90 s on 2 busy cores)
@@ -40,12 +42,14 @@ def test_both_variants_train_and_the_ratio_is_reported(report):
     # says the swarm must be there), so the trainer's window holds about, not exactly, the target batch
     for run in runs.values():
         assert run["samples"] > 0 and run["seconds"] > 0 and run["samples_per_second"] > 0
-        # CPU is read when the journal shows a step (every 0.25 s): a window this tiny may read as 0, never less
-        assert run["cpu_seconds"]["main"] >= 0 and run["cpu_ms_per_sample"]["total"] >= 0
+        # CPU is read when the journal shows a step (every 0.25 s): a window this tiny may read as 0, so only the
+        # presence of finite numbers is checked (a missing or nan reading would be a bug in the accounting)
+        assert math.isfinite(run["cpu_seconds"]["main"]) and math.isfinite(run["cpu_ms_per_sample"]["total"])
+        per_kind = run["cpu_ms_per_sample"]
+        assert per_kind["total"] == pytest.approx(sum(per_kind[kind] for kind in PROCESS_KINDS))
     assert runs[PLAIN]["cpu_seconds"]["p2pd"] == 0  # the plain loop runs no libp2p daemon
     ratios = report["result"]["ratios"][COLLABORATIVE]
-    assert ratios["median_speed_ratio"] > 0
-    assert not ratios["median_cpu_ratio"] < 0  # a tiny CPU window may read as 0 (or give no ratio: nan)
+    assert ratios["median_speed_ratio"] > 0 and math.isfinite(ratios["median_speed_ratio"])
     assert len(ratios["speed_ratios"]) == 1
     assert report["model_preset"] == "albert-tiny" and report["target_batch_size"] == 32
     assert report["samples_timed"] == 32 and report["machine"]["hivemind"] == "1.1.12"

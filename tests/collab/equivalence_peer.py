@@ -106,6 +106,13 @@ def main() -> None:
 
     try:
         trainer = CollaborativeTrainer(model, opt, batches(), args, torch.device("cpu"), compute_loss=slow_mse_loss)
+        agree = trainer.finish
+
+        def save_then_agree() -> None:  # this peer's own parameters, before the agreement copies one peer's
+            torch.save(model.state_dict(), log_path.with_suffix(".before_agreement.pt"))
+            agree()
+
+        trainer.finish = save_then_agree
         trainer.train()
         torch.save(model.state_dict(), log_path.with_suffix(".pt"))
     finally:

@@ -1,4 +1,4 @@
-"""A short chaos run (collab/chaos.py) on a real ALBERT swarm: SIGKILLs of a trainer inside an averaging round,
+"""A short chaos run (collab/lab/chaos.py) on a real ALBERT swarm: SIGKILLs of a trainer inside an averaging round,
 of the coordinator and of the aux peer, a trainer that produces NaN losses and gradients, a peer with
 incompatible settings, and a whole-swarm restart from a coordinator checkpoint whose newest one is corrupted.
 
@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from benchmarks.chaos import albert_recipe, markdown_table, plot
-from collab.chaos import ChaosRun, ChaosSettings
-from collab.swarm import REPO_ROOT
+from benchmarks.chaos import markdown_table, plot
+from collab.lab.chaos import ChaosRun, ChaosSettings
+from collab.lab.recipes import albert_recipe
+from collab.lab.swarm import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -24,7 +24,7 @@ def two_peers():
 
 
 def metrics(loss: float) -> LocalMetrics:
-    return LocalMetrics(step=3, samples_per_second=1.5, samples_accumulated=32, loss=loss, mini_steps=4, group_size=2)
+    return LocalMetrics(step=3, samples_per_second=1.5, samples_accumulated=32, loss_sum=loss, mini_steps=4, outcome="averaged", trainers_averaged=2)
 
 
 def test_records_are_signed_by_their_owner(two_peers):
@@ -36,7 +36,7 @@ def test_records_are_signed_by_their_owner(two_peers):
     forged = dht_b.store(metrics_key(RUN), subkey=key_a, value=metrics(0.0).dict(),
                          expiration_time=get_dht_time() + 120)
     assert not forged
-    seen = {key: record.loss for key, record in fetch_metrics(dht_b, RUN).items()}
+    seen = {key: record.loss_sum for key, record in fetch_metrics(dht_b, RUN).items()}
     assert seen == {key_a: 8.0, key_b: 4.0}
 
 

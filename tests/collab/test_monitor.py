@@ -4,8 +4,8 @@ from collab.store import MetricsStore, read_store
 
 
 def record(step, loss, mini_steps, samples=8, sps=10.0, group=2):
-    return LocalMetrics(step=step, samples_per_second=sps, samples_accumulated=samples, loss=loss,
-                        mini_steps=mini_steps, group_size=group)
+    return LocalMetrics(step=step, samples_per_second=sps, samples_accumulated=samples, loss_sum=loss,
+                        mini_steps=mini_steps, outcome="averaged", trainers_averaged=group)
 
 
 def test_aggregate_is_loss_sum_over_mini_steps():
@@ -43,6 +43,23 @@ def test_store_roundtrip(tmp_path):
     data = read_store(tmp_path / "m.sqlite")  # readable while the writer is open
     assert data["global_steps"][0]["loss"] == 2.0 and data["peer_metrics"][0]["peer"] == "peer-a"
     assert data["checkpoints"][0]["step"] == 1
+    assert data["peer_metrics"][0]["outcome"] == "averaged" and data["peer_metrics"][0]["loss_sum"] == 2.0
+    store.close()
+
+
+def test_store_written_by_an_older_coordinator_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(str(path))
+    old.execute("CREATE TABLE peer_metrics (step INTEGER, peer TEXT, time REAL, loss REAL, mini_steps INTEGER, "
+                "samples INTEGER, samples_per_second REAL, group_size INTEGER, PRIMARY KEY (step, peer))")
+    old.commit()
+    old.close()
+    store = MetricsStore(path)
+    store.add_step(aggregate(1, [record(1, 2.0, 1)]), {"peer-a": record(1, 2.0, 1, group=3)})
+    row = read_store(path)["peer_metrics"][0]
+    assert (row["trainers_averaged"], row["outcome"], row["resyncs"]) == (3, "averaged", 0)
     store.close()
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from collab.errors import UserError
-from collab.netlab import NetworkLab, cleanup_stale, require_root, require_tool
+from collab.lab.netlab import NetworkLab, cleanup_stale, require_root, require_tool
+from collab.lab.swarm import REPO_ROOT
 
 PREFIX = "dlabt-"  # the tests' own prefix, so they never touch a developer's running lab
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PORT = "5000"
 
 
@@ -179,7 +179,7 @@ def test_teardown_on_exception_kills_processes_and_deletes_namespaces():
 
 LAB_SCRIPT = r"""
 import subprocess, sys, time
-from collab.netlab import NetworkLab
+from collab.lab.netlab import NetworkLab
 with NetworkLab(name_prefix=sys.argv[1]) as lab:
     lab.add_public_host("a")
     sleeper = lab.popen("a", ["sleep", "300"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

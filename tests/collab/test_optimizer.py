@@ -286,7 +286,8 @@ def test_a_lone_peer_schedules_no_rounds_and_steps_with_its_own_gradients(dht):
             assert opt.scheduled_grads is None and opt.scheduled_state is None
             time.sleep(0.05)  # 16 local steps per global step: ~1 s each, as long as the matchmaking time
         assert opt.local_epoch >= 3
-        assert opt.grad_averager.pop_latest_round() == (1, "alone")
+        assert (opt.last_round.outcome, opt.last_round.trainers) == ("alone", 1)
+        assert opt.outcome_counts["alone"] == opt.local_epoch and opt.in_sync
         assert not any(torch.equal(param, old) for param, old in zip(model.parameters(), before))
 
         # once the tracker sees another peer, the round is pre-scheduled as hivemind does it

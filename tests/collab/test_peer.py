@@ -4,7 +4,7 @@ import time
 import hivemind
 from hivemind.utils import get_dht_time
 
-from collab.chaos import free_port
+from collab.lab.chaos import free_port
 from collab.peer import InitialPeerReconnector
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from collab.lab.swarm import REPO_ROOT
 
 needs_netns = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables") is None,
@@ -84,7 +84,7 @@ def test_circuit_relay_carries_small_exchanges_between_two_nats(tmp_path):
 
 
 @pytest.mark.slow
-def test_client_mode_trainer_behind_nat_contributes_and_stays_in_sync(tmp_path, albert_dataset):
+def test_client_mode_trainer_behind_nat_contributes_and_holds_the_swarm_model(tmp_path, albert_dataset):
     report, result = run_scenario("client_mode.py", tmp_path, "--dataset_path", str(albert_dataset))
     assert_passed(report, result)
     laptop, cloud = report["rounds"]["laptop"], report["rounds"]["cloud1"]
@@ -92,11 +92,22 @@ def test_client_mode_trainer_behind_nat_contributes_and_stays_in_sync(tmp_path, 
     assert laptop["samples"] > 0 and len(laptop["counted_by_monitor"]) >= 3
     assert all(size >= 2 for size in laptop["group_sizes"].values())
     assert not any(probe["ok"] for probe in report["dial_laptop"])
+    assert not report["one_model"]["violations"]  # also among the checks: held during training, not only at the end
 
 
 @pytest.mark.slow
 def test_aux_peer_lets_nated_trainers_average(tmp_path, albert_dataset):
     report, result = run_scenario("aux_peer.py", tmp_path, "--dataset_path", str(albert_dataset))
     assert_passed(report, result)
-    for rounds in report["rounds"].values():  # 3 clients + the aux peer reducing for them
-        assert len(rounds["averaged_with_others"]) >= 3 and max(rounds["group_sizes"].values()) == 4
+    for rounds in report["rounds"].values():  # 3 clients + the aux peer and the coordinator reducing for them
+        assert len(rounds["averaged_with_others"]) >= 3 and max(rounds["group_sizes"].values()) >= 4
+
+
+@pytest.mark.slow
+def test_all_client_swarm_serves_a_late_volunteer_the_swarm_model(tmp_path, albert_dataset):
+    report, result = run_scenario("all_clients.py", tmp_path, "--dataset_path", str(albert_dataset),
+                                  "--max_steps", "8", "--join_at", "3")
+    assert_passed(report, result)
+    join = report["late_join"]
+    assert join["downloaded"] is True and join["joined_at"] >= 3 and join["first_contribution"] > join["joined_at"]
+    assert not report["one_model"]["violations"] and len(report["coordinator_checkpoints"]) >= 2

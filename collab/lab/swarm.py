@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -49,15 +49,18 @@ class LocalSwarm:
         self.peers: list[PeerProcess] = []
 
     def start(self, name: str, script: str, args: Sequence[str], env: Optional[dict] = None,
-              wrap: Optional[Callable[[list[str]], list[str]]] = None) -> PeerProcess:
+              wrap: Optional[Callable[[list[str]], list[str]]] = None, faults: str = "") -> PeerProcess:
         """Start `python <script> <args>` (script relative to the repository root), with extra `env` if given.
 
         `wrap` turns the command line into the one to run, e.g. `partial(lab.command, "home1")` runs the peer
         inside a host of a network lab (`ip netns exec` replaces itself with the peer, so signals still reach it).
+        `faults` (a plan such as "nonfinite_loss@20+12", see collab/lab/faults.py) starts the script through the
+        launcher `python -m collab.lab.with_faults --faults PLAN`, so that this peer misbehaves on purpose.
         """
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "w")
-        argv = [sys.executable, str(REPO_ROOT / script), *args]
+        launcher = ["-m", "collab.lab.with_faults", "--faults", faults] if faults else []
+        argv = [sys.executable, *launcher, str(REPO_ROOT / script), *args]
         popen = subprocess.Popen(
             wrap(argv) if wrap else argv, stdout=log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})), cwd=REPO_ROOT, start_new_session=True,

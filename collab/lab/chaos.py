@@ -5,7 +5,7 @@ A run has four phases:
    train to `max_steps`;
 2. chaos: every few seconds SIGKILL one peer (a trainer, the aux peer or the coordinator), some kills timed
    to land inside a gradient-averaging round, and restart it after a short delay; one trainer injects
-   non-finite losses and gradients (collab.faults), and a peer with incompatible settings tries to join.
+   non-finite losses and gradients (collab.lab.faults), and a peer with incompatible settings tries to join.
    Chaos stops `settle_steps` before `max_steps` (or after `duration` seconds);
 3. settle: no faults; the swarm trains to `max_steps`, where the trainers agree on one final state
    (collab.final_state), exit, and their final checkpoints must be identical;
@@ -37,10 +37,9 @@ import torch
 from safetensors.torch import load_file
 
 from collab.checkpoints import CorruptCheckpointError, list_checkpoints, load_optimizer_state, verify_checkpoint
-from collab.faults import FAULTS_ENV
 from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, probe_distance, read_journal
+from collab.lab.swarm import LocalSwarm, PeerProcess
 from collab.store import read_store
-from collab.swarm import LocalSwarm, PeerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +125,6 @@ class ChaosRun:
         self.incarnations[name] = self.incarnations.get(name, 0) + 1
         log_name = f"{name}.{self.incarnations[name]}"
         common = self.recipe.common_args + ["--max_steps", str(self.settings.max_steps), *extra_args]
-        env = None
         if name == "coordinator":
             args = common + ["--monitor_output_dir", str(self.root / "coordinator"), "--identity_path",
                              str(self.root / "coordinator.id"), "--host_maddrs", f"/ip4/127.0.0.1/tcp/{self.port}",
@@ -141,10 +139,9 @@ class ChaosRun:
         else:
             self.output_roots[name] = output_root or self.root
             output_dir = self.output_roots[name] / name
-            if name == "trainer-1" and self.settings.faulty_trainer_faults:
-                env = {FAULTS_ENV: self.settings.faulty_trainer_faults}
+            faults = self.settings.faulty_trainer_faults if name == "trainer-1" else ""
             process = self.swarm.start(log_name, self.recipe.trainer_script,
-                                       common + self.initial_peers + ["--output_dir", str(output_dir)], env=env)
+                                       common + self.initial_peers + ["--output_dir", str(output_dir)], faults=faults)
         self.processes[name] = process
         if name.startswith("trainer") and output_root is None and self.incarnations[name] > 1:
             self.restarts.append(dict(peer=name, pid=process.popen.pid, time=time.time()))
@@ -318,29 +315,87 @@ def _percentile(values: list[float], q: float) -> Optional[float]:
 
 
 def build_report(run: ChaosRun) -> dict:
-    names, phases = run.trainer_names(), run.phases
+    """Everything the run measured, from the trainers' journals, the kill log and the coordinator's store."""
+    names, phases, settings = run.trainer_names(), run.phases, run.settings
     events = [dict(event, peer=name) for name in names for event in run.journal(name)]
     steps = [event for event in events if event["event"] == "step"]
-    chaos_end = phases.get("settle", time.time())
+    chaos_start, chaos_end = phases.get("chaos", 0), phases.get("settle", time.time())
+    reached = first_reached(steps)
+    store = _coordinator_store(run.root)
+    restart_events = [event for name in names for event in run.journal(name, run.root / "restart")]
+    folders = [folder for root in [run.root / "coordinator/checkpoints", *(run.root.glob("**/checkpoints"))]
+               for folder in list_checkpoints(root)]
+    incompatible = run.incompatible
+    report = dict(trainers=len(names), aux=settings.aux,
+                  duration_s=round(chaos_end - phases.get("chaos", chaos_end), 1))
+    report.update(kill_measures(run.kills, reached, settings.stall_bound, phases["start"]))
+    report.update(progress_measures(steps, chaos_start, chaos_end, phases["start"]))
+    report.update(round_measures(steps))
+    report.update(sample_measures(events, steps))
+    report.update(rejoin_measures(events, run.restarts))
+    report.update(divergence_measures(divergence_by_step(steps)))
+    report.update(final_states=_final_states(run, run.root, settings.max_steps), crashes=run.crashes,
+                  starts_refused_while_coordinator_down=run.unreachable_starts)
+    report.update(coordinator_measures(run.kills, reached, store, phases.get("restart", time.time())))
+    report.update(checkpoint_measures(store, events + restart_events, folders, run.root))
+    report.update(nonfinite_measures(events, steps))
+    report.update(incompatible_exit_code=None if incompatible is None else incompatible.popen.poll(),
+                  incompatible_last_line=None if incompatible is None else (incompatible.log_tail(1) or None))
+    if run.restart_check:
+        final = _final_states(run, run.root / "restart", run.restart_check["expected_step"] + settings.restart_steps)
+        report.update(restart_measures(run.restart_check, final))
+    report["phases"] = {name: round(t - phases["start"], 1) for name, t in phases.items()}
+    return report
 
-    # global progress: when each global step was first reached, and the longest wait for the next one
-    first_reached: dict[int, float] = {}
+
+def first_reached(steps: Sequence[dict]) -> dict[int, float]:
+    """Global step -> when any trainer journaled it first."""
+    reached: dict[int, float] = {}
     for event in sorted(steps, key=lambda e: e["time"]):
-        first_reached.setdefault(event["step"], event["time"])
-    times = sorted(t for t in first_reached.values() if phases.get("chaos", 0) <= t <= chaos_end)
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        reached.setdefault(event["step"], event["time"])
+    return reached
 
-    # every peer incarnation's steps must rise
+
+def progress_measures(steps: Sequence[dict], chaos_start: float, chaos_end: float, run_start: float) -> dict:
+    """How far the swarm got, the longest wait for the next global step during the chaos, and whether any peer
+    incarnation (one pid) ever journaled a step that was not newer than its previous one."""
+    reached = first_reached(steps)
+    times = sorted(t for t in reached.values() if chaos_start <= t <= chaos_end)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
     by_pid: dict[int, list[int]] = {}
     for event in steps:
         by_pid.setdefault(event["pid"], []).append(event["step"])
-    non_monotone = sum(any(b <= a for a, b in zip(seq, seq[1:])) for seq in by_pid.values())
+    return dict(
+        global_steps=max(reached, default=0),
+        longest_wait_for_a_step_s=round(max(gaps, default=0.0), 1),
+        non_monotone_peers=sum(any(b <= a for a, b in zip(seq, seq[1:])) for seq in by_pid.values()),
+        step_times={str(step): round(t - run_start, 2) for step, t in sorted(reached.items())},
+    )
 
-    # kills: survived if the swarm reached a newer global step within the stall bound
-    survived = sum(any(kill.time < t <= kill.time + run.settings.stall_bound for t in first_reached.values())
-                   for kill in run.kills)
 
-    # samples: computed by every incarnation (its last journaled count) versus contributed to global steps
+def round_measures(steps: Sequence[dict]) -> dict:
+    """How the trainers' gradient rounds ended: averaged with others, failed (an expired round counts as failed, as
+    in collab.metrics), or alone. Step events carry `outcome` (journals from before it: `round`)."""
+    outcomes = [event.get("outcome", event.get("round")) for event in steps]
+    return dict(rounds_averaged=outcomes.count("averaged"),
+                rounds_failed=outcomes.count("failed") + outcomes.count("expired"), rounds_alone=outcomes.count("alone"))
+
+
+def kill_measures(kills: Sequence[Kill], reached: dict[int, float], stall_bound: float, run_start: float) -> dict:
+    """The kills by role; one survived if the swarm reached a newer global step within `stall_bound` seconds."""
+    survived = sum(any(kill.time < t <= kill.time + stall_bound for t in reached.values()) for kill in kills)
+    return dict(
+        kills=len(kills),
+        kills_by_role={role: sum(kill.victim.split("-")[0] == role for kill in kills)
+                       for role in ("trainer", "aux", "coordinator")},
+        kills_inside_rounds=sum(kill.timed_to_round for kill in kills),
+        kills_survived=survived,
+        kill_log=[dict(asdict(kill), time=round(kill.time - run_start, 2)) for kill in kills],
+    )
+
+
+def sample_measures(events: Sequence[dict], steps: Sequence[dict]) -> dict:
+    """Samples computed by every incarnation (its last journaled count) versus contributed to global steps."""
     computed: dict[int, int] = {}
     for event in events:
         count = event.get("samples_computed", event.get("samples") if event["event"] == "computed" else None)
@@ -348,112 +403,126 @@ def build_report(run: ChaosRun) -> dict:
             computed[event["pid"]] = max(computed.get(event["pid"], 0), count)
     used = sum(event["samples_accumulated"] for event in steps)
     total = sum(computed.values())
+    return dict(samples_computed=total, samples_in_global_steps=used,
+                wasted_fraction=round(1 - used / total, 4) if total else None)
 
-    # rejoin times of restarted trainers: process start -> state downloaded, and -> first contribution
+
+def shows_download(event: dict) -> bool:
+    """Whether a journal event says that its peer downloaded the swarm's state.
+
+    A "joined" state event carries `downloaded` (whether the start-up download got a state); journals written
+    before that field existed count a "joined" event as a download. A "downloaded" or "resynced" state event
+    always is one.
+    """
+    if event["event"] != "state":
+        return False
+    if event.get("reason") in ("downloaded", "resynced"):
+        return True
+    if event.get("reason") == "joined":
+        return bool(event.get("downloaded", True))
+    return bool(event.get("downloaded", False))
+
+
+def rejoin_measures(events: Sequence[dict], restarts: Sequence[dict]) -> dict:
+    """Restarted trainers: how many rejoined (downloaded the state), how many were expected to (not refused at
+    start, not killed again before they joined), and the times from the restart to the download and to the
+    first contribution to a global step."""
     rejoin, first_contribution, awaited = [], [], 0
-    for restart in run.restarts:
-        superseded = any(other["peer"] == restart["peer"] and other["time"] > restart["time"]
-                         for other in run.restarts)
+    for restart in restarts:
+        superseded = any(other["peer"] == restart["peer"] and other["time"] > restart["time"] for other in restarts)
         own = [event for event in events if event["pid"] == restart["pid"]]
-        joined_at = next((e["time"] for e in own if e["event"] == "state" and e["reason"] == "joined"), None)
-        awaited += not restart.get("refused") and (joined_at is not None or not superseded)
-        stepped = next((e["time"] for e in own if e["event"] == "step"), None)
-        if joined_at is not None:
-            rejoin.append(joined_at - restart["time"])
+        downloaded_at = next((event["time"] for event in own if shows_download(event)), None)
+        awaited += not restart.get("refused") and (downloaded_at is not None or not superseded)
+        stepped = next((event["time"] for event in own if event["event"] == "step"), None)
+        if downloaded_at is not None:
+            rejoin.append(downloaded_at - restart["time"])
         if stepped is not None:
             first_contribution.append(stepped - restart["time"])
+    return dict(
+        trainer_restarts=len(restarts), trainer_restarts_rejoined=len(rejoin),
+        trainer_restarts_expected_to_rejoin=awaited,
+        rejoin_s_median=_round(statistics.median(rejoin) if rejoin else None),
+        rejoin_s_p95=_round(_percentile(rejoin, 0.95)),
+        first_contribution_s_median=_round(statistics.median(first_contribution) if first_contribution else None),
+        first_contribution_s_p95=_round(_percentile(first_contribution, 0.95)),
+    )
 
-    # divergence: the probes of different peers at the same global step
+
+def divergence_by_step(steps: Sequence[dict]) -> dict[int, float]:
+    """Global step -> the largest distance (max abs difference) between the probes of peers at that step."""
     divergence: dict[int, float] = {}
     for step in sorted({event["step"] for event in steps}):
-        probes = [torch.tensor(e["probe"], dtype=torch.float64) for e in steps if e["step"] == step]
+        probes = [torch.tensor(event["probe"], dtype=torch.float64) for event in steps if event["step"] == step]
         if len(probes) >= 2:
             stacked = torch.stack(probes)
             divergence[step] = float((stacked.max(0).values - stacked.min(0).values).max())
+    return divergence
 
-    # checkpoints: every folder left on disk must verify, except the one corrupted on purpose
-    folders = [folder for root in [run.root / "coordinator/checkpoints", *(run.root.glob("**/checkpoints"))]
-               for folder in list_checkpoints(root)]
+
+def divergence_measures(divergence: dict[int, float]) -> dict:
+    return dict(max_divergence=max(divergence.values(), default=None),
+                median_divergence=statistics.median(divergence.values()) if divergence else None,
+                divergence_by_step={str(step): value for step, value in divergence.items()})
+
+
+def checkpoint_measures(store: dict, events: Sequence[dict], folders: Sequence[Path], root: Path) -> dict:
+    """Checkpoints written (the coordinator's store plus the trainers' journals) and whether every folder left on
+    disk verifies (the one corrupted on purpose is listed, relative to `root`)."""
     verified, corrupted = 0, []
     for folder in dict.fromkeys(folders):
         try:
             verify_checkpoint(folder)
             verified += 1
         except CorruptCheckpointError:
-            corrupted.append(str(folder.relative_to(run.root)))
+            corrupted.append(str(folder.relative_to(root)))
+    return dict(checkpoints_written=len(store["checkpoints"]) + sum(event["event"] == "checkpoint" for event in events),
+                checkpoints_verified=verified, checkpoints_corrupted=corrupted)
+
+
+def nonfinite_measures(events: Sequence[dict], steps: Sequence[dict]) -> dict:
+    """Non-finite values that reached a journal (a round outcome or a parameter probe), and the non-finite losses
+    and gradients the trainers counted (the injected faults)."""
     nonfinite = sum(not event.get("finite", True) for event in events if "finite" in event)
     nonfinite += sum(any(v != v or abs(v) == float("inf") for v in event["probe"]) for event in events
                      if "probe" in event)
+    return dict(nonfinite_values=nonfinite,
+                injected_nonfinite_losses=max((e.get("nonfinite_losses", 0) for e in steps), default=0),
+                injected_nonfinite_gradients=max((e.get("nonfinite_gradients", 0) for e in steps), default=0))
 
-    # the coordinator: trainers step while it is down, and once back it records steps and checkpoints again
-    coordinator_kills = [kill for kill in run.kills if kill.victim == "coordinator" and kill.back_at is not None]
-    steps_while_down = sum(kill.time < t < kill.back_at for kill in coordinator_kills for t in first_reached.values())
-    recorded = _coordinator_store(run.root)
+
+def coordinator_measures(kills: Sequence[Kill], reached: dict[int, float], store: dict, restart_phase: float) -> dict:
+    """The trainers step while the coordinator is down; once back, it records steps and saves checkpoints again
+    (checkpoints before `restart_phase`, the whole-swarm restart, which starts a new coordinator)."""
+    coordinator_kills = [kill for kill in kills if kill.victim == "coordinator" and kill.back_at is not None]
     back = max((kill.back_at for kill in coordinator_kills), default=None)
-
-    incompatible = run.incompatible
-    outcomes = [event["round"] for event in steps]
-    report = dict(
-        trainers=len(names), aux=run.settings.aux, duration_s=round(chaos_end - phases.get("chaos", chaos_end), 1),
-        kills=len(run.kills), kills_by_role={role: sum(k.victim.split("-")[0] == role for k in run.kills)
-                                             for role in ("trainer", "aux", "coordinator")},
-        kills_inside_rounds=sum(kill.timed_to_round for kill in run.kills), kills_survived=survived,
-        global_steps=max(first_reached, default=0),
-        longest_wait_for_a_step_s=round(max(gaps, default=0.0), 1),
-        non_monotone_peers=non_monotone,
-        rounds_averaged=outcomes.count("averaged"), rounds_failed=outcomes.count("failed"),
-        rounds_alone=outcomes.count("alone"),
-        samples_computed=total, samples_in_global_steps=used,
-        wasted_fraction=round(1 - used / total, 4) if total else None,
-        trainer_restarts=len(run.restarts), trainer_restarts_rejoined=len(rejoin),
-        trainer_restarts_expected_to_rejoin=awaited,  # not refused at start, not killed again before joining
-        rejoin_s_median=_round(statistics.median(rejoin) if rejoin else None),
-        rejoin_s_p95=_round(_percentile(rejoin, 0.95)),
-        first_contribution_s_median=_round(statistics.median(first_contribution) if first_contribution else None),
-        first_contribution_s_p95=_round(_percentile(first_contribution, 0.95)),
-        max_divergence=max(divergence.values(), default=None),
-        median_divergence=statistics.median(divergence.values()) if divergence else None,
-        final_states=_final_states(run, run.root, run.settings.max_steps),
-        crashes=run.crashes,
-        starts_refused_while_coordinator_down=run.unreachable_starts,
-        steps_while_coordinator_down=steps_while_down,
-        coordinator_steps_recorded=len(recorded["global_steps"]),
+    return dict(
+        steps_while_coordinator_down=sum(kill.time < t < kill.back_at for kill in coordinator_kills
+                                         for t in reached.values()),
+        coordinator_steps_recorded=len(store["global_steps"]),
         coordinator_steps_recorded_after_restart=None if back is None else sum(
-            row["time"] > back for row in recorded["global_steps"]),
+            row["time"] > back for row in store["global_steps"]),
         coordinator_checkpoints_after_restart=None if back is None else sum(
-            row["time"] > back and row["time"] < phases.get("restart", time.time()) for row in recorded["checkpoints"]),
-        checkpoints_written=len(recorded["checkpoints"]) + sum(
-            event["event"] == "checkpoint" for root in (run.root, run.root / "restart") for name in names
-            for event in run.journal(name, root)),
-        checkpoints_verified=verified, checkpoints_corrupted=corrupted,
-        nonfinite_values=nonfinite,
-        injected_nonfinite_losses=max((e.get("nonfinite_losses", 0) for e in steps), default=0),
-        injected_nonfinite_gradients=max((e.get("nonfinite_gradients", 0) for e in steps), default=0),
-        incompatible_exit_code=None if incompatible is None else incompatible.popen.poll(),
-        incompatible_last_line=None if incompatible is None else (incompatible.log_tail(1) or None),
+            back < row["time"] < restart_phase for row in store["checkpoints"]),
     )
-    check = run.restart_check
-    if check:
-        joined = check["joined"]
-        report.update(
-            restart_corrupted_checkpoint=check["corrupted"],
-            restart_expected_step=check["expected_step"],
-            restart_joined_steps=sorted(event["step"] for event in joined.values()),
-            restart_probe_distance=max(probe_distance(event["probe"], check["expected_probe"])
-                                       for event in joined.values() if event["step"] == check["expected_step"])
-            if any(event["step"] == check["expected_step"] for event in joined.values()) else None,
-            restart_optimizer_match=all(_digests_match(event["optimizer"], check["expected_optimizer"])
-                                        for event in joined.values() if event["step"] == check["expected_step"]),
-            restart_skipped_corrupted="Skipping corrupted checkpoint" in check["coordinator_log"],
-            restart_resumed_steps=check["resumed_steps"],
-            restart_final_states=_final_states(run, run.root / "restart",
-                                               check["expected_step"] + run.settings.restart_steps),
-        )
-    report["divergence_by_step"] = {str(step): value for step, value in divergence.items()}
-    report["step_times"] = {str(step): round(t - phases["start"], 2) for step, t in sorted(first_reached.items())}
-    report["kill_log"] = [dict(asdict(kill), time=round(kill.time - phases["start"], 2)) for kill in run.kills]
-    report["phases"] = {name: round(t - phases["start"], 1) for name, t in phases.items()}
-    return report
+
+
+def restart_measures(check: dict, final_states: dict) -> dict:
+    """The whole-swarm restart: the trainers joined at the step of the newest intact coordinator checkpoint, with
+    its parameters and optimizer state, then trained on to the same final state."""
+    joined, expected = check["joined"], check["expected_step"]
+    at_expected = [event for event in joined.values() if event["step"] == expected]
+    return dict(
+        restart_corrupted_checkpoint=check["corrupted"],
+        restart_expected_step=expected,
+        restart_joined_steps=sorted(event["step"] for event in joined.values()),
+        restart_probe_distance=max(probe_distance(event["probe"], check["expected_probe"]) for event in at_expected)
+        if at_expected else None,
+        restart_optimizer_match=all(_digests_match(event["optimizer"], check["expected_optimizer"])
+                                    for event in at_expected),
+        restart_skipped_corrupted="Skipping corrupted checkpoint" in check["coordinator_log"],
+        restart_resumed_steps=check["resumed_steps"],
+        restart_final_states=final_states,
+    )
 
 
 def _final_states(run: ChaosRun, output_root: Path, max_steps: int) -> dict:

@@ -57,26 +57,30 @@ def main(argv: list[str] | None = None) -> None:
 
     validators, _ = make_validators(peer.run_id)
     dht = create_dht(peer, record_validators=validators)
-    store = wandb_logger = follower = None
+    store = wandb_logger = follower = checkpointer = None
     try:
         store = MetricsStore(output_dir / "metrics.sqlite")
         wandb_logger = WandbLogger(monitor_args.wandb_project or peer.run_id, all_arguments, monitor_args.wandb_mode,
                                    output_dir)
-        follower = StateFollower(
-            dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, model=model,
-            params=parameter_groups(model, training.weight_decay), optimizer_factory=make_optimizer_factory(training),
-            scheduler_factory=make_scheduler_factory(training),
-        )
-        checkpointer = Checkpointer(follower, output_dir / "checkpoints", monitor_args.keep_checkpoints, all_arguments)
-        if checkpointer.resume() is None:
-            follower.opt.load_state_from_peers()  # a restarted coordinator of a live swarm takes its state
+        if monitor_args.follow_state:
+            follower = StateFollower(
+                dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, model=model,
+                params=parameter_groups(model, training.weight_decay),
+                optimizer_factory=make_optimizer_factory(training), scheduler_factory=make_scheduler_factory(training),
+            )
+            checkpointer = Checkpointer(follower, output_dir / "checkpoints", monitor_args.keep_checkpoints,
+                                        all_arguments)
+            if checkpointer.resume() is None:
+                follower.opt.load_state_from_peers()  # a restarted coordinator of a live swarm takes its state
+        else:
+            logger.warning("--follow_state false: this coordinator records metrics only (no state, no checkpoints)")
         # announced last: once the line is printed (and the file written), this peer is ready for others
         announce_initial_peers(dht, save_to=output_dir / "initial_peers.txt")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        logger.info(f"Monitoring run {peer.run_id!r}: metrics in {output_dir / 'metrics.sqlite'}; following the "
-                    f"swarm's state from global step {follower.step}")
+        logger.info(f"Monitoring run {peer.run_id!r}: metrics in {output_dir / 'metrics.sqlite'}"
+                    + (f"; following the swarm's state from global step {follower.step}" if follower else ""))
         Monitor(dht, peer.run_id, monitor_args, shared_settings, store, wandb_logger, follower, checkpointer).run(stop)
         logger.info("Coordinator stopped")
     finally:

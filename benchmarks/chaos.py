@@ -95,6 +95,11 @@ def markdown_table(report: dict) -> str:
          f"{report['first_contribution_s_median']} / {report['first_contribution_s_p95']}"),
         ("parameter divergence between live peers, max / median", f"{_fmt(report['max_divergence'])} / "
          f"{_fmt(report['median_divergence'])}"),
+        ("divergence between trainers in sync (outside repair windows), max / median",
+         f"{_fmt(report.get('max_divergence_in_sync'))} / {_fmt(report.get('median_divergence_in_sync'))}"),
+        ("pairs beyond the fp16 bound not found by the value check", report.get("one_model_violations", "n/a")),
+        ("out-of-sync verdicts / re-syncs", f"{report.get('out_of_sync_verdicts', 'n/a')} / "
+         f"{report.get('resyncs', 'n/a')}"),
         ("final checkpoints: steps / max distance between trainers",
          f"{sorted(set(report['final_states']['checkpoint_steps'].values()))} / "
          f"{_fmt(report['final_states']['max_distance'])}"),

@@ -28,6 +28,7 @@ def setup_worker_logging() -> None:
     setup_logging(logging.WARNING)  # hivemind narrates every round at INFO; the harness reads the JSON instead
     # Why a peer of a round got only part of the result is logged by hivemind at DEBUG only: keep it in the log.
     logging.getLogger("hivemind.averaging.allreduce").setLevel(logging.DEBUG)
+    logging.getLogger("hivemind.averaging.matchmaking").setLevel(logging.DEBUG)  # TEMP diagnosis
 
 
 def machine_info() -> dict:

@@ -121,7 +121,7 @@ class FinalStateAgreement:
         logger.warning(f"No trainer could serve the final state (all in client mode, or none in sync): {gap}")
 
     def _own_probe(self) -> list[float]:
-        probe = getattr(self.opt, "_probe", None)
+        probe = getattr(self.opt, "sync_probe", None)
         return probe.values() if probe is not None else []
 
     def _probe_key(self) -> str:

@@ -40,8 +40,15 @@ class MonitorArguments:
     )
     refresh_period: float = field(default=5.0, metadata=dict(help="Seconds between reads of the peers' metrics."))
     save_checkpoint_step_interval: int = field(
-        default=50, metadata=dict(help="Download the swarm's state and save a checkpoint every this many steps "
-                                       "(0 disables checkpoints).")
+        default=50, metadata=dict(help="Save the swarm's state (the coordinator's follower) every this many global "
+                                       "steps (0 disables checkpoints).")
+    )
+    follow_state: bool = field(
+        default=True,
+        metadata=dict(help="Hold the swarm's live state: take part in every averaging round with weight zero, apply "
+                           "the same step, serve the state to joining peers and checkpoint it (collab/follower.py). "
+                           "Costs one trainer's bandwidth; without it the coordinator records metrics only, saves "
+                           "no checkpoints, and a swarm of client-mode trainers has nobody to serve its state."),
     )
     keep_checkpoints: int = field(default=3, metadata=dict(help="How many newest coordinator checkpoints to keep."))
     wandb_project: Optional[str] = field(

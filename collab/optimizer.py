@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 import types
@@ -211,7 +212,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._ignore_verdicts_through = -1  # verdicts on steps before the last re-sync are moot
         super().__init__(*args, **kwargs)
         parameters = [param for group in self.state_averager.optimizer.param_groups for param in group["params"]]
-        self._probe = TensorProbe(parameters, size=SYNC_PROBE_SIZE, seed=1)
+        self.sync_probe = TensorProbe(parameters, size=SYNC_PROBE_SIZE, seed=1)
         self.sync_check = None
         if not self.auxiliary and self.use_gradient_averaging:
             self.sync_check = SyncCheck(self.dht, self.run_id, settle=max(2.0, self.matchmaking_time))
@@ -221,15 +222,18 @@ class SwarmOptimizer(hivemind.Optimizer):
     def _update_global_epoch(self, grad_scaler) -> None:
         if self.sync_check is not None:
             self._take_verdict(self.sync_check.poll(force=True))  # the previous step's verdict comes first
-        before = self._probe.values()
+        before = self.sync_probe.values()
         self._round_notes = dict(others=self._others_in_swarm(), expired=False, began=False, control=None)
         super()._update_global_epoch(grad_scaler)
         report = self.last_round = self._round_report()
+        if report.outcome == "averaged" and not self._applied_gradient_was_finite():
+            # a group with no samples (every member tagging along with weight zero) averages to 0/0: nothing applied
+            report = self.last_round = RoundReport(report.step, "failed")
         self.outcome_counts[report.outcome] += 1
         if report.outcome in ("failed", "expired") and self._round_notes["others"]:
             self._suspect = True  # it stepped differently from the others: no offering until the check says
         if self.sync_check is not None:
-            after = self._probe.values()
+            after = self.sync_probe.values()
             self.sync_check.publish(SyncRecord(
                 step=self.local_epoch, gradient=self._applied_gradient(), parameters=after,
                 move=max((abs(a - b) for a, b in zip(after, before)), default=0.0),
@@ -261,9 +265,15 @@ class SwarmOptimizer(hivemind.Optimizer):
 
     def _applied_gradient(self) -> list[float]:
         """Probe of the gradient the optimizer just applied (hivemind's averaged buffers keep it until the next
-        round; with --delay_grad_averaging the round may still be running, so the check is approximate there)."""
+        round; with --delay_grad_averaging the round may still be running, so the check is approximate there).
+        A non-finite average was not applied (skip_nonfinite_updates): it reads as zeros."""
         with self.grad_averager.get_tensors() as averaged:
-            return self._probe.values(list(averaged))
+            values = self.sync_probe.values(list(averaged))
+        return values if all(math.isfinite(value) for value in values) else [0.0] * len(values)
+
+    def _applied_gradient_was_finite(self) -> bool:
+        with self.grad_averager.get_tensors() as averaged:
+            return all_finite(list(averaged))
 
     # ---- the value check and the re-sync ----
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -90,6 +91,8 @@ def gradient_gap(gradient: Sequence[float], reference: Sequence[float]) -> float
     """Largest difference relative to the largest value of either (symmetric, so a zero gradient is never
     close to a real one; two zero gradients, a swarm whose rounds all failed alike, have no gap)."""
     scale = max((abs(value) for value in (*gradient, *reference)), default=0.0)
+    if not math.isfinite(scale):
+        return math.inf
     if scale == 0.0:
         return 0.0
     return max(abs(a - b) for a, b in zip(gradient, reference)) / scale
@@ -98,6 +101,8 @@ def gradient_gap(gradient: Sequence[float], reference: Sequence[float]) -> float
 def parameter_gap(parameters: Sequence[float], reference: Sequence[float], move: float) -> float:
     """Largest gap beyond the fp16 rounding of each value, in units of `move` (the size of this step)."""
     excess = max(max(0.0, abs(a - b) - FP16_RELATIVE_ROUNDING * abs(b)) for a, b in zip(parameters, reference))
+    if not math.isfinite(excess) or any(not math.isfinite(value) for value in (*parameters, *reference)):
+        return math.inf
     if excess == 0.0:
         return 0.0
     return excess / move if move > 0 else float("inf")

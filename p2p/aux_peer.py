@@ -9,7 +9,9 @@ all-reduce and computes no gradients), and three trainers in client mode behind 
   - every NATed trainer's gradients went into averaging rounds with the others, through the aux peer;
   - the coordinator counted every trainer's samples;
   - the trainers stay in sync and end with the same model.
-With --without_aux the same swarm runs without the helper (the control): every trainer then steps alone.
+With --without_aux the same swarm runs without the helper, and with a coordinator that does not follow the state
+(--follow_state false; a following coordinator reduces for client-mode trainers too): every trainer then steps
+alone.
 Writes report.json; exit 1 if a check fails. Needs root. Tutorial: p2p/nat-traversal.md.
 
     sudo .venv/bin/python p2p/aux_peer.py
@@ -51,7 +53,7 @@ def run(args: ScenarioArguments, albert: AlbertLabArguments, scenario: AuxScenar
         for laptop, router in HOMES.items():
             lab.add_private_host(laptop, router)
         with AlbertLabSwarm(lab, albert, output_dir, run_id="lab_aux_peer") as swarm:
-            swarm.start_coordinator("coord")
+            swarm.start_coordinator("coord", ["--follow_state", "false"] if scenario.without_aux else [])
             if not scenario.without_aux:
                 swarm.start_aux("helper")
             for laptop in HOMES:

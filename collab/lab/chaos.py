@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 
 from collab.checkpoints import CorruptCheckpointError, list_checkpoints, load_optimizer_state, verify_checkpoint
 from collab.journal import JOURNAL_FILE, ParameterProbe, optimizer_digest, probe_distance, read_journal
+from collab.lab.one_model import one_model_report
 from collab.lab.swarm import LocalSwarm, PeerProcess
 from collab.store import read_store
 
@@ -334,6 +335,7 @@ def build_report(run: ChaosRun) -> dict:
     report.update(sample_measures(events, steps))
     report.update(rejoin_measures(events, run.restarts))
     report.update(divergence_measures(divergence_by_step(steps)))
+    report.update(one_model_measures({name: run.journal(name) for name in names}))
     report.update(final_states=_final_states(run, run.root, settings.max_steps), crashes=run.crashes,
                   starts_refused_while_coordinator_down=run.unreachable_starts)
     report.update(coordinator_measures(run.kills, reached, store, phases.get("restart", time.time())))
@@ -463,6 +465,18 @@ def divergence_measures(divergence: dict[int, float]) -> dict:
     return dict(max_divergence=max(divergence.values(), default=None),
                 median_divergence=statistics.median(divergence.values()) if divergence else None,
                 divergence_by_step={str(step): value for step, value in divergence.items()})
+
+
+def one_model_measures(journals: dict[str, list[dict]]) -> dict:
+    """Did the trainers hold one model during training (collab.lab.one_model)? The divergence between trainers in
+    sync, the pairs beyond the bound that no verdict excused, and how often trainers re-synced."""
+    report = one_model_report(journals)
+    in_sync = [pair["distance"] for pair in report.pairs if not pair["excused"]]
+    return dict(one_model_violations=len(report.violations),
+                max_divergence_in_sync=max(in_sync, default=None),
+                median_divergence_in_sync=statistics.median(in_sync) if in_sync else None,
+                out_of_sync_verdicts=sum(len(steps) for steps in report.out_of_sync.values()),
+                resyncs=sum(event["event"] == "resynced" for events in journals.values() for event in events))
 
 
 def checkpoint_measures(store: dict, events: Sequence[dict], folders: Sequence[Path], root: Path) -> dict:

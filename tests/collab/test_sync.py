@@ -81,6 +81,11 @@ def test_alone_is_in_sync_and_a_swarm_where_every_round_failed_is_in_sync():
     assert gradient_gap([0.0, 0.0], [0.0, 0.0]) == 0.0
 
 
+def test_non_finite_values_are_never_close():
+    assert gradient_gap([float("nan"), 1.0], [0.5, 1.0]) == float("inf")
+    assert parameter_gap([float("nan")], [1.0], move=1.0) == float("inf")
+
+
 def test_records_of_other_steps_are_ignored():
     gradient, parameters, records = swarm()
     old = record("p9", [0.0] * len(gradient), parameters, step=4)

@@ -50,7 +50,8 @@ class ChaosArguments:
     seed: int = field(default=0, metadata=dict(help="Seed of the kill schedule."))
     output_dir: str = field(default="outputs/chaos", metadata=dict(help="Logs, journals, checkpoints of the run."))
     results_dir: str = field(default="benchmarks/results",
-                             metadata=dict(help="Where chaos.json, chaos.md and chaos.png are written."))
+                             metadata=dict(help="Where NAME.json, NAME.md and NAME.png are written."))
+    name: str = field(default="chaos", metadata=dict(help="File name of the results (without extension)."))
     target_batch_size: int = field(default=1024, metadata=dict(help="Samples per global step (albert-tiny)."))
 
     def __post_init__(self) -> None:
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = output_dir.parent / "chaos-data"
     prepare_data(data_dir)
     settings = ChaosSettings(
-        duration=args.duration, num_trainers=args.num_trainers, seed=args.seed, max_steps=args.max_steps, settle_steps=args.settle_steps,
+        duration=args.duration, num_trainers=args.num_trainers, seed=args.seed, max_steps=args.max_steps,
+        settle_steps=args.settle_steps,
         kill_interval=(args.kill_interval_min, args.kill_interval_max), round_kill_fraction=args.round_kill_fraction,
         coordinator_kill_fraction=args.coordinator_kill_fraction, aux_kill_fraction=args.aux_kill_fraction,
         faulty_trainer_faults=args.faults,
@@ -180,12 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     report = ChaosRun(albert_recipe(data_dir, args.target_batch_size), settings, output_dir).run()
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "chaos.json").write_text(json.dumps(report, indent=1))
+    (results / f"{args.name}.json").write_text(json.dumps(report, indent=1))
     table = markdown_table(report)
-    (results / "chaos.md").write_text(table + "\n")
-    plot(report, results / "chaos.png")
+    (results / f"{args.name}.md").write_text(table + "\n")
+    plot(report, results / f"{args.name}.png")
     print(table)
-    print(f"\nReport: {results / 'chaos.json'}, plot: {results / 'chaos.png'}, logs: {output_dir / 'logs'}")
+    print(f"\nReport: {results / f'{args.name}.json'}, plot: {results / f'{args.name}.png'}, logs: {output_dir / 'logs'}")
 
 
 if __name__ == "__main__":

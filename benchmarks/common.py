@@ -28,7 +28,9 @@ def setup_worker_logging() -> None:
     setup_logging(logging.WARNING)  # hivemind narrates every round at INFO; the harness reads the JSON instead
     # Why a peer of a round got only part of the result is logged by hivemind at DEBUG only: keep it in the log.
     logging.getLogger("hivemind.averaging.allreduce").setLevel(logging.DEBUG)
-    logging.getLogger("hivemind.averaging.matchmaking").setLevel(logging.DEBUG)  # TEMP diagnosis
+    # Which peer gave up on which leader, and who assembled which group, likewise (a few lines per round): the
+    # evidence when a round's group is formed without a peer that believes it is still looking (`form_group`).
+    logging.getLogger("hivemind.averaging.matchmaking").setLevel(logging.DEBUG)
 
 
 def machine_info() -> dict:
@@ -127,6 +129,108 @@ class FileBarrier:
                 missing = [path.name for path in expected if not path.exists()]
                 raise TimeoutError(f"barrier {name!r}: still waiting for {missing} after {self.timeout:.0f}s")
             time.sleep(self.poll)
+
+    def exchange(self, name: str, decide: Callable[[dict[int, str]], Optional[str]],
+                 poll: Optional[float] = None) -> dict[int, str]:
+        """A barrier that also tells everyone what each process had to say: `decide(statuses so far)` is called
+        until it returns this process's status (then written once, atomically), and the call returns the statuses
+        of all processes once every one of them has written its own. Every process gets the same dict."""
+        poll = self.poll if poll is None else poll
+        paths = [self.directory / f"{name}.{rank}" for rank in range(self.world_size)]
+        mine: Optional[str] = None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            statuses = {rank: path.read_text() for rank, path in enumerate(paths) if path.exists()}
+            if mine is None:
+                mine = decide(statuses)
+                if mine is not None:
+                    write_atomically(paths[self.rank], mine)
+                    statuses[self.rank] = mine
+            if len(statuses) == self.world_size:
+                return statuses
+            if time.monotonic() > deadline:
+                missing = [path.name for rank, path in enumerate(paths) if rank not in statuses]
+                raise TimeoutError(f"exchange {name!r}: still waiting for {missing} after {self.timeout:.0f}s")
+            time.sleep(poll)
+
+
+MATCHED, LEFT_OUT, ABANDONED = "matched", "left-out", "abandoned"  # statuses of `form_group`; or "failed: <why>"
+
+
+def form_group(start_step: Callable[[], object], barrier: FileBarrier, tag: str, grace: float,
+               max_attempts: int) -> tuple[Optional[object], list[dict]]:
+    """hivemind matchmaking until every one of the barrier's processes is in the same group, ready to be triggered.
+
+    `start_step()` starts one matchmaking: `averager.step(..., wait=False, require_trigger=True, allow_retries=False)`
+    with `min_group_size` equal to the number of processes, so any group that forms holds all of them. hivemind's
+    join protocol can still leave a peer out of the group that it completed: the leader accepts the request, adds
+    the follower and assembles the group, but the reply reaches the follower after its `request_timeout` (a CPU
+    stall of either side suffices), so the follower gives up and looks on, alone, until its own deadline, while the
+    others hold a group that counts it (seen in benchmarks/strategies.py's smoke test: the follower's log says
+    "potential leader ... did not respond within 0.5" while the leader logs "assembled group of 3 peers"). Nothing
+    in hivemind ever resolves it: the follower fails after matchmaking_time + round_timeout, and the others, once
+    triggered, wait for its parts for the whole allreduce_timeout.
+
+    So each process reports through the barrier what its matchmaking came to. `matched`: its step awaits the
+    trigger. `failed: <why>`: its step ended (hivemind's reason). `left-out`: another process matched `grace`
+    seconds ago and this one is still looking, although the only group that can have formed contains it.
+    `abandoned`: another process's attempt already failed. Unless all are `matched`, every process cancels its step
+    (none was triggered, so no all-reduce started) and matchmaking starts over, at most `max_attempts` times.
+    Returns the step control (None if no attempt matched everyone) and one dict per attempt: every process's
+    status and when each of them matched (time.time()), the same lists in every process.
+    """
+    from hivemind.averaging.control import AveragingStage
+
+    attempts: list[dict] = []
+    for attempt in range(max_attempts):
+        name = f"group-{tag}-{attempt}"
+        control = start_step()
+        first_other_matched: list[float] = []  # when this process first saw another one matched
+
+        def decide(statuses: dict[int, str]) -> Optional[str]:
+            if control.stage == AveragingStage.AWAITING_TRIGGER:
+                # written before the status, so whoever reads a `matched` status finds its time
+                write_atomically(barrier.directory / f"{name}.{barrier.rank}.time", repr(time.time()))
+                return MATCHED
+            if control.done():
+                return f"failed: {_step_error(control)}"
+            others = [status for rank, status in statuses.items() if rank != barrier.rank]
+            if any(status != MATCHED for status in others):
+                return ABANDONED
+            if others:
+                first_other_matched[:] = first_other_matched or [time.monotonic()]
+                if time.monotonic() - first_other_matched[0] >= grace:
+                    return LEFT_OUT
+            return None
+
+        statuses = barrier.exchange(name, decide, poll=0.005)  # not a timed start: no need to poll faster
+        matched_at = {str(rank): float((barrier.directory / f"{name}.{rank}.time").read_text())
+                      for rank, status in sorted(statuses.items()) if status == MATCHED}
+        attempts.append(dict(statuses={str(rank): status for rank, status in sorted(statuses.items())},
+                             matched_at=matched_at))
+        if all(status == MATCHED for status in statuses.values()):
+            return control, attempts
+        control.cancel()  # no process triggers a step of this attempt: cancelling them all starts no all-reduce
+        _wait_until_finished(control)
+        barrier.wait(f"{name}-cancelled")  # nobody looks for the next group while another still holds this one
+    return None, attempts
+
+
+def _step_error(control) -> str:
+    try:
+        control.result(timeout=0)
+    except BaseException as e:  # noqa: B902 - hivemind's reason, whatever it is
+        return f"{type(e).__name__}: {e}"
+    return "ended without awaiting the trigger"
+
+
+def _wait_until_finished(control, timeout: float = 30.0) -> None:
+    """A cancelled step is done at once here, but the averager's process leaves matchmaking a moment later."""
+    from hivemind.averaging.control import AveragingStage
+
+    deadline = time.monotonic() + timeout
+    while control.stage != AveragingStage.FINISHED and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def write_results(results_dir: Path, name: str, report: dict, table: str,

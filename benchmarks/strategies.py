@@ -79,6 +79,12 @@ class StrategiesArguments:
     matchmaking_time: float = field(
         default=3.0, metadata=dict(help="hivemind's min_matchmaking_time; matchmaking is not part of the timing."))
     round_timeout: float = field(default=180.0, metadata=dict(help="A round that takes longer fails."))
+    group_grace: float = field(default=5.0, metadata=dict(
+        help="Untimed: a peer still looking for a group this many seconds after another peer's group formed was "
+             "left out of it by hivemind's matchmaking, and matchmaking starts over (benchmarks/common.py, "
+             "form_group). The longest a legitimate follower lagged its leader here was 1.1 s (see the README)."))
+    matchmaking_attempts: int = field(default=3, metadata=dict(
+        help="Matchmaking attempts per round at most; a round whose group never holds every peer fails."))
     worker_threads: int = field(default=1, metadata=dict(help="torch threads per peer (peers share the cores)."))
     overlap_results: bool = field(default=False, metadata=dict(
         help="A what-if, NOT hivemind's behaviour: hivemind sends the averages to a peer that reduces nothing (a "
@@ -105,6 +111,8 @@ class StrategiesArguments:
             raise UserError(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
         if self.rounds < 1 or self.warmup_rounds < 0:
             raise UserError("--rounds must be at least 1 and --warmup_rounds at least 0")
+        if self.group_grace <= 0 or self.matchmaking_attempts < 1:
+            raise UserError("--group_grace must be positive and --matchmaking_attempts at least 1")
 
 
 # -- the model: what each peer's link carries, and the best split ----------------------------------------------------
@@ -249,11 +257,20 @@ def build_lab(lab, args: StrategiesArguments) -> None:
 
 # -- running one strategy --------------------------------------------------------------------------------------------
 
+def sender_values(senders: int) -> list[float]:
+    """The constant each sender's vector holds: S * 2^rank for S senders. The mean, 2^S - 1, is odd, so it equals no
+    sender's own value (with 1, 2, 3 the middle sender would hold the mean before averaging, and a round that left
+    its values alone would pass the check). Integers below 2^24, so float32 holds them, their sum and the mean
+    exactly, and hivemind's average (sum of the parts, divided by the weight) is exact."""
+    return [float(senders * 2 ** rank) for rank in range(senders)]
+
+
 def run_strategy(args: StrategiesArguments, lab, strategy: str, run_dir: Path) -> list[dict]:
     """Start every peer of the strategy in its lab host, wait until all rounds are done, return their reports."""
     peers = participants(args, strategy)
     senders = [peer for peer in peers if peer.sender]
-    values = {peer.name: float(rank + 1) for rank, peer in enumerate(senders)}  # exact in float32, as is the mean
+    values = sender_values(len(senders))
+    values = {peer.name: value for peer, value in zip(senders, values)}
     expected = sum(values.values()) / len(values)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -262,10 +279,12 @@ def run_strategy(args: StrategiesArguments, lab, strategy: str, run_dir: Path) -
               "--prefix", f"strategies_{strategy.replace('-', '_')}", "--vector_size", str(args.vector_size),
               "--rounds", str(args.rounds), "--warmup_rounds", str(args.warmup_rounds), "--matchmaking_time",
               str(args.matchmaking_time), "--round_timeout", str(args.round_timeout), "--threads",
-              str(args.worker_threads), "--port", str(port)]
+              str(args.worker_threads), "--port", str(port), "--group_grace", str(args.group_grace),
+              "--matchmaking_attempts", str(args.matchmaking_attempts)]
     if args.overlap_results:
         common.append("--overlap_results")
-    budget = 300 + (args.warmup_rounds + args.rounds) * (args.matchmaking_time + args.round_timeout)
+    budget = 300 + (args.warmup_rounds + args.rounds) * (
+        args.matchmaking_attempts * (args.matchmaking_time + args.round_timeout) + args.round_timeout)
     with LocalSwarm(run_dir / "logs") as swarm:
         workers = []
         for index, peer in enumerate(peers):

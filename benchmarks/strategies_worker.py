@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import FileBarrier, setup_worker_logging, wait_for_path, write_atomically
+from benchmarks.common import FileBarrier, form_group, setup_worker_logging, wait_for_path, write_atomically
 from collab.arguments import parse_arguments
 from collab.cli import run_main
 
@@ -60,6 +60,10 @@ class StrategyWorkerArguments:
     warmup_rounds: int = field(default=1, metadata=dict(help="Untimed rounds first (connections, allocations)."))
     matchmaking_time: float = field(default=3.0, metadata=dict(help="min_matchmaking_time (not timed)."))
     round_timeout: float = field(default=120.0, metadata=dict(help="Give up a round after this many seconds."))
+    group_grace: float = field(default=5.0, metadata=dict(
+        help="A peer still looking for a group this many seconds after another peer's group formed was left out of "
+             "it by hivemind: matchmaking starts over (see benchmarks/common.py's form_group)."))
+    matchmaking_attempts: int = field(default=3, metadata=dict(help="Matchmaking attempts per round at most."))
     threads: int = field(default=1, metadata=dict(help="torch threads of this peer (peers share the cores)."))
     overlap_results: bool = field(default=False, metadata=dict(
         help="What-if, not hivemind's behaviour: stream the averages back to peers that reduce nothing while they "
@@ -95,30 +99,29 @@ def start_dht(args: StrategyWorkerArguments):
 
 
 def run_round(args: StrategyWorkerArguments, averager, barrier: FileBarrier, index: int) -> dict:
-    """Matchmaking first (untimed: it waits min_matchmaking_time by design), then a barrier so that every peer
+    """Matchmaking first (untimed: it waits min_matchmaking_time by design) until every peer is in the group
+    (`form_group` redoes it when hivemind left a peer out), then the link counters, then a barrier so that every peer
     starts the all-reduce within a few milliseconds of the others, then the timed all-reduce, then a second barrier
-    after which the link counters hold the whole round's traffic (a reducer may still be sending when it is done)."""
-    from hivemind.averaging.control import AveragingStage
-
+    after which the link counters hold the whole round's traffic (a reducer may still be sending when it is done).
+    The first counters are read before the start barrier: once a peer passes it, it sends at once, and the bytes
+    may reach a reducer that has not been scheduled since it passed the barrier itself."""
     if args.mode != "aux":
         with averager.get_tensors() as tensors:
             tensors[0].fill_(args.value)
     entry = dict(round=index, warmup=index < args.warmup_rounds, error=None, peers=None, group=None)
     # gathering the names tells the harness the group's order, which decides who reduces which parts
-    control = averager.step(gather=args.name, wait=False, require_trigger=True, allow_retries=False,
-                            timeout=args.matchmaking_time + args.round_timeout)
-    deadline = time.monotonic() + args.matchmaking_time + args.round_timeout
-    while control.stage != AveragingStage.AWAITING_TRIGGER and not control.done():
-        if time.monotonic() > deadline:
-            control.cancel()
-            break
-        time.sleep(0.005)
-    barrier.wait(f"start-{index}")
+    control, attempts = form_group(
+        lambda: averager.step(gather=args.name, wait=False, require_trigger=True, allow_retries=False,
+                              timeout=args.matchmaking_time + args.round_timeout),
+        barrier, tag=str(index), grace=args.group_grace, max_attempts=args.matchmaking_attempts)
+    entry["matchmaking"] = attempts  # the same list in every peer's report
     before = link_bytes()
+    barrier.wait(f"start-{index}")
     entry["start"] = time.time()
     try:
-        if control.done():  # matchmaking failed (or timed out): result() raises with hivemind's reason
-            control.result()
+        if control is None:  # every peer knows it from the same statuses: none starts an all-reduce
+            raise RuntimeError(f"no group of all {args.group_size} peers in {len(attempts)} matchmaking attempts: "
+                               f"{[attempt['statuses'] for attempt in attempts]}")
         control.allow_allreduce()
         gathered = control.result(timeout=args.round_timeout)
         if gathered is not None:

@@ -28,6 +28,7 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from collab.cli import check_stop
+from collab.optimizer import COORDINATOR_PRIORITY_OFFSET
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class FinalStateAgreement:
         """No trainer can serve (all in client mode): take the state of the coordinator's follower (collab.follower),
         which followed the same steps, checked against the record it published for the last step."""
         follower = lambda: {peer: priority for peer, priority in self.opt.state_averager.donors().items()
-                            if priority >= self.max_steps - 0.5}
+                            if priority >= self.max_steps + COORDINATOR_PRIORITY_OFFSET}
         self._wait(lambda: bool(follower()), deadline, "for the coordinator to finish the last step")
         donors = follower()
         if not donors:
@@ -145,9 +146,9 @@ class FinalStateAgreement:
     def _offers(self) -> dict[bytes, float]:
         """Peers currently offering their final state (priority above max_steps), this one included."""
         offers = {peer: priority for peer, priority in self.opt.state_averager.donors().items()
-                  if priority > self.max_steps}
+                  if priority >= self.max_steps + 1}  # an offer (a follower past the end is none)
         own = self.opt.state_averager.state_sharing_priority
-        if not self.opt.client_mode and own > self.max_steps:
+        if not self.opt.client_mode and own >= self.max_steps + 1:
             offers[self.own_id] = own
         return offers
 

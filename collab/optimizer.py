@@ -37,6 +37,7 @@ from hivemind.compression import (
 )
 from hivemind.averaging import DecentralizedAverager
 from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 
 from collab.journal import TensorProbe
@@ -184,6 +185,17 @@ def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Opti
 
     optimizer.step = types.MethodType(guarded_step, optimizer)  # a bound method, as LR schedulers expect
     return optimizer
+
+
+class FollowerProgressTracker(ProgressTracker):
+    """The progress tracker of a follower (collab.follower), which has no samples of its own: it steps when the
+    trainers' samples reach the target, never because its estimate of when they would has passed (hivemind's
+    tracker does; a follower then stepped alone after the trainers had stopped, with a zero gradient)."""
+
+    @property
+    def ready_to_update_epoch(self) -> bool:
+        return (self.global_epoch > self.local_progress.epoch
+                or self.global_progress.samples_accumulated >= self.target_batch_size)
 
 
 class SwarmOptimizer(hivemind.Optimizer):
@@ -343,6 +355,13 @@ class SwarmOptimizer(hivemind.Optimizer):
         self.state_averager.state_sharing_priority = self.local_epoch + offset
         if self.use_gradient_averaging:
             self.grad_averager.state_sharing_priority = self.local_epoch + offset
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
+        if self.role != "coordinator":
+            return super()._make_progress_tracker(target_batch_size, **kwargs)
+        return FollowerProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                                       client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
+                                       **kwargs)
 
     def _make_state_averager(self, **kwargs) -> ReportingStateAverager:
         return ReportingStateAverager(

@@ -159,6 +159,9 @@ async def _reconnect(_dht: hivemind.DHT, node, initial_peers: Sequence[str]) -> 
         _RUNNING.discard(task)
 
 
+_BROKEN_REPORTED: list[str] = []  # said once per process
+
+
 async def _dial_initial_peers(node, initial_peers: Sequence[str]) -> None:
     for maddr in initial_peers:
         address, peer_id = maddr.rsplit("/p2p/", 1)
@@ -170,6 +173,11 @@ async def _dial_initial_peers(node, initial_peers: Sequence[str]) -> None:
                 await node.protocol.update_routing_table(node_id, peer_id, responded=True)
                 if peer_id in node.blacklist:  # banned while it was down, for longer after each failed request
                     node.blacklist.register_success(peer_id)
+        except (AttributeError, TypeError) as e:  # hivemind's internals changed: re-dialling silently does nothing
+            if not _BROKEN_REPORTED:
+                _BROKEN_REPORTED.append(repr(e))
+                logger.error(f"Re-dialling initial peers is broken (hivemind internals changed?): {e!r}")
+            return
         except Exception as e:
             logger.debug(f"Initial peer {peer_id} is still unreachable: {e!r}")
 

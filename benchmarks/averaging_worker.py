@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import FileBarrier, setup_worker_logging, wait_for_path, write_atomically
+from benchmarks.common import FileBarrier, form_group, setup_worker_logging, wait_for_path, write_atomically
 from collab.arguments import parse_arguments
 from collab.cli import run_main
 
@@ -49,6 +49,10 @@ class WorkerArguments:
     warmup_rounds: int = field(default=1, metadata=dict(help="Untimed rounds first (connections, allocations)."))
     matchmaking_time: float = field(default=2.0, metadata=dict(help="hivemind: min_matchmaking_time (untimed)."))
     round_timeout: float = field(default=300.0, metadata=dict(help="Give up a round after this many seconds."))
+    group_grace: float = field(default=5.0, metadata=dict(
+        help="hivemind: a worker still looking for a group this many seconds after another worker's group formed "
+             "was left out of it; matchmaking starts over (benchmarks/common.py, form_group)."))
+    matchmaking_attempts: int = field(default=3, metadata=dict(help="hivemind: matchmaking attempts per round."))
     gloo_port: int = field(default=0, metadata=dict(help="gloo: TCP port of the rendezvous on 127.0.0.1."))
     seed: int = field(default=0, metadata=dict(help="Worker k's vector is drawn with seed 1000 * seed + k."))
     threads: int = field(default=1, metadata=dict(help="torch threads of this worker (workers share the cores)."))
@@ -84,9 +88,10 @@ class RoundLog:
         self.unaveraged = round_errors(original, expected)
         self.value_scale = dict(max_abs=original.abs().max().item(), rms=original.pow(2).mean().sqrt().item())
 
-    def add(self, method: str, index: int, start: float, end: float, errors: dict, peers: Optional[int]) -> None:
+    def add(self, method: str, index: int, start: float, end: float, errors: dict, peers: Optional[int],
+            matchmaking_attempts: int = 1) -> None:
         self.rounds.append(dict(method=method, round=index, warmup=index < self.args.warmup_rounds, start=start,
-                                end=end, peers=peers, **errors))
+                                end=end, peers=peers, matchmaking_attempts=matchmaking_attempts, **errors))
 
     def save(self, path: Path) -> None:
         write_atomically(path, json.dumps(dict(rank=self.args.rank, world_size=self.args.world_size,
@@ -119,9 +124,10 @@ def run_hivemind(args: WorkerArguments, original: torch.Tensor, expected: torch.
                 allreduce_timeout=args.round_timeout, compression=make_compression(compression),
             )
             try:
-                # every averager of this compression must be up before anyone looks for a group: a peer that
-                # starts matchmaking while another's averager is still starting can end up in a group the other
-                # never joins (seen once in the smoke test: one worker waited 300 s for a group)
+                # every averager of this compression is up before anyone looks for a group, so that nobody's first
+                # matchmaking runs against a peer that is not there yet. (The smoke test's one 300 s wait for a
+                # group, once blamed on that, has the signature of hivemind leaving a worker out of the group it
+                # completed, which this barrier cannot prevent: `form_group` detects it and matches again.)
                 barrier.wait(f"{compression}-ready")
                 for index in range(args.warmup_rounds + args.rounds):
                     run_hivemind_round(args, averager, original, expected, log, barrier, compression, index)
@@ -134,21 +140,18 @@ def run_hivemind(args: WorkerArguments, original: torch.Tensor, expected: torch.
 
 def run_hivemind_round(args: WorkerArguments, averager, original: torch.Tensor, expected: torch.Tensor,
                        log: RoundLog, barrier: FileBarrier, compression: str, index: int) -> None:
-    """Matchmaking first (untimed: it waits min_matchmaking_time by design), then a barrier so that every peer
-    starts the all-reduce within a few milliseconds of the others, then the timed all-reduce itself."""
-    from hivemind.averaging.control import AveragingStage
-
+    """Matchmaking first (untimed: it waits min_matchmaking_time by design) until every worker is in the group
+    (`form_group` redoes it when hivemind left a worker out), then a barrier so that every peer starts the
+    all-reduce within a few milliseconds of the others, then the timed all-reduce itself."""
     with averager.get_tensors() as tensors:
         tensors[0].copy_(original)
-    control = averager.step(wait=False, require_trigger=True, allow_retries=False,
-                            timeout=args.matchmaking_time + args.round_timeout)
-    deadline = time.monotonic() + args.round_timeout
-    while control.stage != AveragingStage.AWAITING_TRIGGER:
-        if control.done():  # matchmaking failed: result() raises with hivemind's reason
-            control.result()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no group of {args.world_size} formed within {args.round_timeout:.0f}s")
-        time.sleep(0.005)
+    control, attempts = form_group(
+        lambda: averager.step(wait=False, require_trigger=True, allow_retries=False,
+                              timeout=args.matchmaking_time + args.round_timeout),
+        barrier, tag=f"{compression}-{index}", grace=args.group_grace, max_attempts=args.matchmaking_attempts)
+    if control is None:
+        raise RuntimeError(f"{compression} round {index}: no group of all {args.world_size} workers in "
+                           f"{len(attempts)} matchmaking attempts: {[attempt['statuses'] for attempt in attempts]}")
     barrier.wait(f"{compression}-{index}")
     start = time.time()
     control.allow_allreduce()
@@ -156,7 +159,8 @@ def run_hivemind_round(args: WorkerArguments, averager, original: torch.Tensor, 
     end = time.time()
     with averager.get_tensors() as tensors:
         errors = round_errors(tensors[0], expected)
-    log.add(f"hivemind-{compression}", index, start, end, errors, peers=len(gathered))
+    log.add(f"hivemind-{compression}", index, start, end, errors, peers=len(gathered),
+            matchmaking_attempts=len(attempts))
 
 
 def run_gloo(args: WorkerArguments, original: torch.Tensor, expected: torch.Tensor, log: RoundLog) -> None:
@@ -185,8 +189,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     original = worker_vector(args.seed, args.rank, args.vector_size)
     expected = exact_mean(args.seed, args.world_size, args.vector_size)
     log = RoundLog(args, original, expected)
+    # longer than one matchmaking attempt (form_group waits in the barrier for every worker's outcome)
     barrier = FileBarrier(Path(args.rendezvous_dir) / "barriers", args.rank, args.world_size,
-                          timeout=args.round_timeout)
+                          timeout=args.matchmaking_time + args.round_timeout + 60)
     runners: dict[str, Callable[[], None]] = dict(
         hivemind=lambda: run_hivemind(args, original, expected, log, barrier),
         gloo=lambda: run_gloo(args, original, expected, log),

@@ -111,6 +111,8 @@ class StrategiesArguments:
             raise UserError(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
         if self.rounds < 1 or self.warmup_rounds < 0:
             raise UserError("--rounds must be at least 1 and --warmup_rounds at least 0")
+        if len(self.public_mbit) + len(self.client_mbit) > 16:
+            raise UserError("at most 16 peers besides the aux peer: their test values (S * 2^rank) must stay exact")
         if self.group_grace <= 0 or self.matchmaking_attempts < 1:
             raise UserError("--group_grace must be positive and --matchmaking_attempts at least 1")
 
@@ -302,40 +304,53 @@ def run_strategy(args: StrategiesArguments, lab, strategy: str, run_dir: Path) -
 
 def summarize_strategy(args: StrategiesArguments, strategy: str, reports: list[dict]) -> dict:
     """Timed rounds of one strategy across all its peers. A round lasts from the first peer's start to the last
-    one's end; it is exact when no peer failed and every sender holds the exact mean in every position afterwards."""
+    one's end; it is exact when no peer failed and every sender holds the exact mean in every position afterwards.
+
+    The bytes each link moved, and what the model says it must carry (`traffic`, at the share this peer reduced in
+    that round), come from the exact rounds only: in a round that failed or left values unaveraged, a peer may have
+    sent nothing at all (a peer left out of the group keeps looking for one, alone), so its bytes say nothing about
+    the strategy. Such rounds are counted and listed in `incomplete`; their times are in the round times."""
     peers = participants(args, strategy)
     by_round: dict[int, list[dict]] = {}
     for report in reports:
         for entry in report["rounds"]:
             if not entry["warmup"]:
                 by_round.setdefault(entry["round"], []).append(dict(entry, name=report["name"], mode=report["mode"]))
-    round_seconds, exact, incomplete, split_times = [], 0, [], []
-    per_peer = {peer.name: dict(tx=[], rx=[], finish=[], share=[]) for peer in peers}
+    round_seconds, exact, incomplete, split_times, regrouped = [], 0, [], [], []
+    per_peer = {peer.name: dict(tx=[], rx=[], model=[], finish=[], share=[]) for peer in peers}
     by_name = {peer.name: peer for peer in peers}
+    senders = sum(peer.sender for peer in peers)
     for index, entries in sorted(by_round.items()):
         start = min(e["start"] for e in entries)
         round_seconds.append(max(e["end"] for e in entries) - start)
+        attempts = max((e.get("matchmaking", []) for e in entries), key=len)
+        if len(attempts) > 1:  # the group was formed again before the round started (untimed)
+            regrouped.append(dict(round=index, statuses=[attempt["statuses"] for attempt in attempts[:-1]]))
         order = next((e["group"] for e in entries if e["group"]), None)
+        shares_by_name = {}
         if order and sorted(order) == sorted(by_name):
             ordered = [by_name[name] for name in order]
             shares = hivemind_shares(args.vector_size, ordered)
             split_times.append(split_seconds(args.vector_size, ordered, shares))
-            for peer, share in zip(ordered, shares):
-                per_peer[peer.name]["share"].append(share)
+            shares_by_name = dict(zip(order, shares))
+            for name, share in shares_by_name.items():
+                per_peer[name]["share"].append(share)
         problems = [dict(round=index, peer=e["name"], share_exact=e.get("share_exact"), error=e["error"],
                          peers=e["peers"])
                     for e in entries if e["error"] or e["peers"] != len(peers)
                     or (e["mode"] != "aux" and e["share_exact"] != 1.0)]
-        if len(entries) == len(peers) and not problems:
-            exact += 1
+        is_exact = len(entries) == len(peers) and not problems and bool(shares_by_name)
+        exact += is_exact
         incomplete += problems
         for e in entries:
             per_peer[e["name"]]["finish"].append(e["end"] - start)
-            if "tx_bytes" in e:
-                per_peer[e["name"]]["tx"].append(e["tx_bytes"])
-                per_peer[e["name"]]["rx"].append(e["rx_bytes"])
+            if is_exact and "tx_bytes" in e:
+                measured = per_peer[e["name"]]
+                measured["tx"].append(e["tx_bytes"])
+                measured["rx"].append(e["rx_bytes"])
+                measured["model"].append(BITS_PER_VALUE // 8 * args.vector_size *
+                                         traffic(by_name[e["name"]], shares_by_name[e["name"]], senders))
     targets = hivemind_split(args.vector_size, peers)
-    senders = sum(peer.sender for peer in peers)
     bound, _ = lp_bound(args.vector_size, peers)
     peer_rows = []
     for peer, target in zip(peers, targets):
@@ -346,8 +361,10 @@ def summarize_strategy(args: StrategiesArguments, strategy: str, reports: list[d
         peer_rows.append(dict(
             name=peer.name, mbit=peer.mbit, mode=peer.mode, bandwidth_hint=peer.bandwidth_hint,
             target_share=target, share=share, shares=measured["share"],
-            model_bytes_each_way=BITS_PER_VALUE // 8 * args.vector_size * traffic(peer, share, senders),
-            tx_bytes=tx, rx_bytes=rx,
+            # medians over the exact rounds, and each exact round's own numbers (same order)
+            model_bytes_each_way=statistics.median(measured["model"]) if measured["model"] else None,
+            tx_bytes=tx, rx_bytes=rx, model_bytes_per_round=measured["model"], tx_bytes_per_round=measured["tx"],
+            rx_bytes_per_round=measured["rx"],
             # how long the bytes it actually moved take at its cap: its link's busy time, if it never idled
             link_seconds=None if tx is None else max(tx, rx) * 8 / (peer.mbit * 1e6),
             finish_seconds=summarize(measured["finish"])))
@@ -355,7 +372,8 @@ def summarize_strategy(args: StrategiesArguments, strategy: str, reports: list[d
     links = [row["link_seconds"] for row in peer_rows if row["link_seconds"] is not None]
     return dict(
         strategy=strategy, peers=peer_rows, round_seconds=round_seconds, seconds=seconds, rounds=len(by_round),
-        rounds_exact=exact, incomplete=incomplete, bound_seconds=bound, ratio_to_bound=seconds["median"] / bound,
+        rounds_exact=exact, incomplete=incomplete, rounds_regrouped=regrouped, bound_seconds=bound,
+        ratio_to_bound=seconds["median"] / bound,
         # the time its split (as cut into parts, median over the rounds) needs at the caps: the model's verdict
         split_seconds=statistics.median(split_times) if split_times else split_seconds(args.vector_size, peers,
                                                                                        targets),
@@ -436,6 +454,8 @@ def _exactness(row: dict) -> str:
         text += f"; worst peer holds {100 * worst:.1f}% of the mean" if worst is not None else ""
         text += f"; {failed} peer-rounds raised" if failed else ""
         text += ")"
+    if row.get("rounds_regrouped"):
+        text += f"; matchmaking redone before {len(row['rounds_regrouped'])} (a peer was not in the group)"
     return text
 
 

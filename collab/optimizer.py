@@ -188,14 +188,16 @@ def skip_nonfinite_updates(optimizer: torch.optim.Optimizer) -> torch.optim.Opti
 
 
 class FollowerProgressTracker(ProgressTracker):
-    """The progress tracker of a follower (collab.follower), which has no samples of its own: it steps when the
-    trainers' samples reach the target, never because its estimate of when they would has passed (hivemind's
-    tracker does; a follower then stepped alone after the trainers had stopped, with a zero gradient)."""
+    """The progress tracker of a follower (collab.follower), which has no samples of its own. hivemind's rule (the
+    trainers' samples reached the target, or the estimated time of that has passed) triggers its round in time
+    with the trainers' (without the estimate it triggered late, after the trainers' round had gone on without
+    it). But once the trainers stop, the estimate passes too and the follower stepped alone with a zero gradient:
+    so it steps only while some trainer has samples toward the next step."""
 
     @property
     def ready_to_update_epoch(self) -> bool:
-        return (self.global_epoch > self.local_progress.epoch
-                or self.global_progress.samples_accumulated >= self.target_batch_size)
+        return super().ready_to_update_epoch and (self.global_epoch > self.local_progress.epoch
+                                                  or self.global_progress.samples_accumulated > 0)
 
 
 class SwarmOptimizer(hivemind.Optimizer):

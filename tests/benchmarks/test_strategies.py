@@ -20,9 +20,12 @@ from benchmarks.strategies import (
     hivemind_split,
     lp_bound,
     participants,
+    sender_values,
     split_seconds,
     summarize_strategy,
+    table,
 )
+from collab.errors import UserError
 from collab.lab.swarm import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(480)
@@ -60,9 +63,15 @@ def test_every_strategy_is_measured_and_every_round_counted(report):
 
 @slow
 def test_link_counters_hold_at_least_the_model_traffic(report):
-    """Every sender's link carried its vector out and the average back; the aux received everyone's vector."""
+    """In every exact round, every sender's link carried its vector out and the average back, and the aux received
+    everyone's vector (a round that failed says nothing about a strategy's traffic: a peer left out of the group
+    sends nothing; such rounds are counted in the other test)."""
     for row in report["rows"]:
         for peer in row["peers"]:
+            model, tx, rx = peer["model_bytes_per_round"], peer["tx_bytes_per_round"], peer["rx_bytes_per_round"]
+            assert len(model) == len(tx) == len(rx) == row["rounds_exact"], (row["strategy"], peer)
+            for each_way, sent, received in zip(model, tx, rx):
+                assert sent >= each_way > 0 and received >= each_way, (row["strategy"], peer)
             assert peer["tx_bytes"] >= peer["model_bytes_each_way"] > 0, (row["strategy"], peer)
             assert peer["rx_bytes"] >= peer["model_bytes_each_way"], (row["strategy"], peer)
             assert 0 <= peer["share"] <= 1 and peer["finish_seconds"]["median"] > 0
@@ -117,17 +126,50 @@ def test_hivemind_splits_the_default_vector_as_the_strategies_intend():
 def test_a_round_with_unaveraged_values_is_counted():
     args = StrategiesArguments(public_mbit=[100.0, 100.0], client_mbit=[50.0], vector_size=10_000)
 
-    def worker(name, mode, shares_exact):
+    def worker(name, mode, shares_exact, sent):
         rounds = [dict(round=index, warmup=False, error=None, peers=3, group=["p1", "p2", "c1"], start=10.0 * index,
-                       end=10.0 * index + 1 + index, share_exact=share, tx_bytes=1000, rx_bytes=1000)
-                  for index, share in enumerate(shares_exact)]
+                       end=10.0 * index + 1 + index, share_exact=share, tx_bytes=tx, rx_bytes=tx)
+                  for index, (share, tx) in enumerate(zip(shares_exact, sent))]
         return dict(name=name, mode=mode, rounds=rounds)
 
-    row = summarize_strategy(args, "equal", [worker("p1", "node", [1.0, 1.0]), worker("p2", "node", [1.0, 0.97]),
-                                             worker("c1", "client", [1.0, 1.0])])
+    row = summarize_strategy(args, "equal", [worker("p1", "node", [1.0, 1.0], [80_500, 80_600]),
+                                             worker("p2", "node", [1.0, 0.97], [40_300, 40_400]),
+                                             worker("c1", "client", [1.0, 1.0], [40_200, 300])])
     assert row["rounds"] == 2 and row["rounds_exact"] == 1 and row["round_seconds"] == [1.0, 2.0]
     assert row["incomplete"] == [dict(round=1, peer="p2", share_exact=0.97, error=None, peers=3)]
     assert [peer["share"] for peer in row["peers"]] == [1.0, 0.0, 0.0]  # 10k values: one part, the first peer's
+    # link bytes and the model's traffic come from the exact round only: c1 sent nothing in the other one
+    p1, p2, c1 = row["peers"]
+    assert p1["model_bytes_per_round"] == [80_000] and p2["model_bytes_per_round"] == c1["model_bytes_per_round"] \
+        == [40_000]
+    assert c1["tx_bytes_per_round"] == [40_200] and c1["tx_bytes"] == 40_200 >= c1["model_bytes_each_way"]
+    assert row["wire_bytes_per_round"] == 80_500 + 40_300 + 40_200 and row["rounds_regrouped"] == []
+
+
+def test_a_round_whose_group_was_formed_again_is_reported():
+    args = StrategiesArguments(public_mbit=[100.0, 100.0], client_mbit=[50.0], vector_size=10_000)
+    left_out = dict(statuses={"0": "matched", "1": "matched", "2": "left-out"}, matched_at={"0": 1.0, "1": 1.1})
+    again = dict(statuses={"0": "matched", "1": "matched", "2": "matched"}, matched_at={"0": 9.0, "1": 9.0, "2": 9.1})
+    reports = [dict(name=name, mode=mode, rounds=[dict(
+        round=0, warmup=False, error=None, peers=3, group=["p1", "p2", "c1"], start=10.0, end=11.0, share_exact=1.0,
+        tx_bytes=90_000, rx_bytes=90_000, matchmaking=[left_out, again])])
+        for name, mode in (("p1", "node"), ("p2", "node"), ("c1", "client"))]
+    row = summarize_strategy(args, "equal", reports)
+    assert row["rounds_exact"] == 1 and row["rounds_regrouped"] == [dict(round=0, statuses=[left_out["statuses"]])]
+    assert "1 of 1; matchmaking redone before 1" in table(dict(rows=[dict(row, strategy="equal")], bounds=[]))
+
+
+def test_no_sender_holds_the_mean_before_averaging():
+    """Otherwise a round that left that sender's values alone would pass the check by value."""
+    import numpy as np
+
+    for senders in range(2, 17):
+        values = sender_values(senders)
+        mean = sum(values) / senders
+        assert mean == 2 ** senders - 1 and mean not in values
+        assert np.float32(sum(values)) == sum(values) and np.float32(mean) * senders == sum(values)  # exact in fp32
+    with pytest.raises(UserError, match="at most 16 peers"):
+        StrategiesArguments(public_mbit=[10.0] * 15, client_mbit=[10.0, 10.0])
 
 
 def test_help_explains_every_flag():

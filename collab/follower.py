@@ -62,7 +62,9 @@ class StateFollower:
 
     @property
     def in_sync(self) -> bool:
-        return self.opt.in_sync
+        """It holds the swarm's state: not found out of sync, and not suspected (its last round failed or expired,
+        and the value check has not cleared it yet)."""
+        return self.opt.in_sync and not self.opt.suspect
 
     def poll(self) -> bool:
         """Join the round if the swarm is ready to step (else return at once); True if a global step was taken."""

@@ -230,8 +230,10 @@ class Monitor:
 
     def maybe_checkpoint(self) -> None:
         interval = self.args.save_checkpoint_step_interval
-        if self.checkpointer is None or interval <= 0 or self.checkpointer.step % interval != 0:
+        if self.checkpointer is None or interval <= 0:
             return
+        if self.checkpointer.step - self.checkpointer.saved_step < interval:
+            return  # (not "a multiple of interval": a restarted coordinator that downloads step 19 saves it at once)
         folder = self.checkpointer.save()
         if folder is None:
             return

@@ -346,6 +346,11 @@ class SwarmOptimizer(hivemind.Optimizer):
                        f"{interval} global step(s)")
         return False
 
+    @property
+    def suspect(self) -> bool:
+        """Its last round failed or expired while others stepped: apart until the value check clears it."""
+        return self._suspect
+
     def _update_offer_priority(self) -> None:
         """Offer this peer's state at its step (a coordinator a little lower, so that live trainers come first); a
         peer out of sync, or suspected to be, offers below every peer in sync."""

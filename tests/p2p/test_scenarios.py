@@ -106,7 +106,7 @@ def test_aux_peer_lets_nated_trainers_average(tmp_path, albert_dataset):
 @pytest.mark.slow
 def test_all_client_swarm_serves_a_late_volunteer_the_swarm_model(tmp_path, albert_dataset):
     report, result = run_scenario("all_clients.py", tmp_path, "--dataset_path", str(albert_dataset),
-                                  "--max_steps", "14", "--join_at", "3")
+                                  "--max_steps", "20", "--join_at", "3")
     assert_passed(report, result)
     join = report["late_join"]
     assert join["downloaded"] is True and join["joined_at"] >= 3 and join["first_contribution"] > join["joined_at"]

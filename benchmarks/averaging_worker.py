@@ -25,7 +25,14 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import FileBarrier, form_group, setup_worker_logging, wait_for_path, write_atomically
+from benchmarks.common import (
+    FileBarrier,
+    form_group,
+    setup_worker_logging,
+    shutdown_averager,
+    wait_for_path,
+    write_atomically,
+)
 from collab.arguments import parse_arguments
 from collab.cli import run_main
 
@@ -122,6 +129,7 @@ def run_hivemind(args: WorkerArguments, original: torch.Tensor, expected: torch.
                 target_group_size=args.world_size, min_group_size=args.world_size,
                 min_matchmaking_time=args.matchmaking_time, request_timeout=min(1.0, args.matchmaking_time / 2),
                 allreduce_timeout=args.round_timeout, compression=make_compression(compression),
+                allow_state_sharing=False,  # nobody downloads it, and its periodic DHT records (shutdown_averager)
             )
             try:
                 # every averager of this compression is up before anyone looks for a group, so that nobody's first
@@ -133,7 +141,7 @@ def run_hivemind(args: WorkerArguments, original: torch.Tensor, expected: torch.
                     run_hivemind_round(args, averager, original, expected, log, barrier, compression, index)
                 barrier.wait(f"{compression}-done")  # a finished peer may still be sending others their results
             finally:
-                averager.shutdown()
+                shutdown_averager(averager, dht)
     finally:
         dht.shutdown()
 

@@ -3,6 +3,7 @@ between worker processes, and writing the JSON / markdown / PNG triple into benc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_logger = logging.getLogger(__name__)
 
 # The parameter count of the paper's model as this project builds it: albert/model.py's "albert-large" preset with
 # the 30,000-token vocabulary of albert-large-v2 (AlbertForPreTraining, tied decoder counted once).
@@ -21,8 +23,6 @@ ALBERT_LARGE_PARAMETERS = 17_847_474
 
 def setup_worker_logging() -> None:
     """Logging of an averaging worker process: quiet, except why a round left a peer with part of the result."""
-    import logging
-
     from collab.cli import setup_logging
 
     setup_logging(logging.WARNING)  # hivemind narrates every round at INFO; the harness reads the JSON instead
@@ -210,10 +210,33 @@ def form_group(start_step: Callable[[], object], barrier: FileBarrier, tag: str,
                              matched_at=matched_at))
         if all(status == MATCHED for status in statuses.values()):
             return control, attempts
+        _logger.warning(f"Matchmaking {name}: {statuses}; every peer cancels its step and matches again "
+                        f"(hivemind may log the cancelled trigger as an error)")
         control.cancel()  # no process triggers a step of this attempt: cancelling them all starts no all-reduce
         _wait_until_finished(control)
         barrier.wait(f"{name}-cancelled")  # nobody looks for the next group while another still holds this one
     return None, attempts
+
+
+async def _nothing(dht, node) -> None:
+    return None
+
+
+def shutdown_averager(averager, dht, timeout: float = 60.0) -> None:
+    """Shut an averager down only once the DHT process has read every request it sent.
+
+    A request to hivemind's DHT process carries an MPFuture with the sender's result pipe, which the DHT process
+    fetches from the sender (multiprocessing's resource sharer) when it reads the request. If the sender is exiting
+    at that moment, the fetch ends in EOFError, which `DHT._run` does not catch: the DHT process dies, and the next
+    averager of this worker waits for it forever (seen in the averaging smoke test: "barrier 'fp16-ready': still
+    waiting for ['fp16-ready.1']", the other worker's log ending in the DHT process's EOFError traceback). An
+    averager's last requests are those its matchmaking cancels when a group forms; a DHT call from this process
+    reads through the pipe past them. The averagers here also share no state, so they send nothing afterwards."""
+    try:
+        dht.run_coroutine(_nothing, return_future=True).result(timeout=timeout)
+    except Exception as e:  # a DHT that is already gone: shut down anyway
+        _logger.warning(f"The DHT did not answer before the averager's shutdown: {type(e).__name__}: {e}")
+    averager.shutdown()
 
 
 def _step_error(control) -> str:

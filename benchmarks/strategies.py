@@ -82,7 +82,8 @@ class StrategiesArguments:
     group_grace: float = field(default=5.0, metadata=dict(
         help="Untimed: a peer still looking for a group this many seconds after another peer's group formed was "
              "left out of it by hivemind's matchmaking, and matchmaking starts over (benchmarks/common.py, "
-             "form_group). The longest a legitimate follower lagged its leader here was 1.1 s (see the README)."))
+             "form_group). The last peer of a complete group matched at most 2.0 s after the first in the runs "
+                  "made while adding this, with processes frozen at random (benchmarks/README.md)."))
     matchmaking_attempts: int = field(default=3, metadata=dict(
         help="Matchmaking attempts per round at most; a round whose group never holds every peer fails."))
     worker_threads: int = field(default=1, metadata=dict(help="torch threads per peer (peers share the cores)."))

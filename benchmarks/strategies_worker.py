@@ -26,7 +26,14 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import FileBarrier, form_group, setup_worker_logging, wait_for_path, write_atomically
+from benchmarks.common import (
+    FileBarrier,
+    form_group,
+    setup_worker_logging,
+    shutdown_averager,
+    wait_for_path,
+    write_atomically,
+)
 from collab.arguments import parse_arguments
 from collab.cli import run_main
 
@@ -161,6 +168,7 @@ def run(args: StrategyWorkerArguments, barrier: FileBarrier, rounds: list[dict])
             min_matchmaking_time=args.matchmaking_time, request_timeout=min(1.0, args.matchmaking_time / 2),
             allreduce_timeout=args.round_timeout, bandwidth=args.bandwidth, client_mode=args.mode == "client",
             auxiliary=args.mode == "aux",
+            allow_state_sharing=False,  # nobody downloads it, and its periodic DHT records (shutdown_averager)
         )
         try:
             barrier.wait("averager-ready")
@@ -168,7 +176,7 @@ def run(args: StrategyWorkerArguments, barrier: FileBarrier, rounds: list[dict])
                 rounds.append(run_round(args, averager, barrier, index))
             barrier.wait("done")  # nobody leaves while another peer may still need its parts
         finally:
-            averager.shutdown()
+            shutdown_averager(averager, dht)
     finally:
         dht.shutdown()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 import types
@@ -240,7 +239,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._round_notes = dict(others=self._others_in_swarm(), expired=False, began=False, control=None)
         super()._update_global_epoch(grad_scaler)
         report = self.last_round = self._round_report()
-        if report.outcome == "averaged" and not self._applied_gradient_was_finite():
+        applied, applied_finite = self._applied_gradient() if self.use_gradient_averaging else ([], True)
+        if report.outcome == "averaged" and not applied_finite:
             # a group with no samples (every member tagging along with weight zero) averages to 0/0: nothing applied
             report = self.last_round = RoundReport(report.step, "failed")
         self.outcome_counts[report.outcome] += 1
@@ -249,7 +249,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         if self.sync_check is not None:
             after = self.sync_probe.values()
             self.sync_check.publish(SyncRecord(
-                step=self.local_epoch, gradient=self._applied_gradient(), parameters=after,
+                step=self.local_epoch, gradient=applied, parameters=after,
                 move=max((abs(a - b) for a, b in zip(after, before)), default=0.0),
                 serving=not self.client_mode and self.in_sync and not self._suspect, outcome=report.outcome))
         self._update_offer_priority()
@@ -277,17 +277,14 @@ class SwarmOptimizer(hivemind.Optimizer):
             return RoundReport(step, "expired")
         return RoundReport(step, "failed" if notes.get("others") else "alone")  # others seen, but no round began
 
-    def _applied_gradient(self) -> list[float]:
-        """Probe of the gradient the optimizer just applied (hivemind's averaged buffers keep it until the next
-        round; with --delay_grad_averaging the round may still be running, so the check is approximate there).
-        A non-finite average was not applied (skip_nonfinite_updates): it reads as zeros."""
+    def _applied_gradient(self) -> tuple[list[float], bool]:
+        """Probe of the gradient the optimizer just applied, and whether all of it was finite, in one read under the
+        averager's lock (hivemind's averaged buffers keep it until the next round; with --delay_grad_averaging the
+        round may still be running, so the check is approximate there). A non-finite average was not applied
+        (skip_nonfinite_updates): its probe reads as zeros."""
         with self.grad_averager.get_tensors() as averaged:
-            values = self.sync_probe.values(list(averaged))
-        return values if all(math.isfinite(value) for value in values) else [0.0] * len(values)
-
-    def _applied_gradient_was_finite(self) -> bool:
-        with self.grad_averager.get_tensors() as averaged:
-            return all_finite(list(averaged))
+            values, finite = self.sync_probe.values(list(averaged)), all_finite(list(averaged))
+        return (values if finite else [0.0] * len(values)), finite
 
     # ---- the value check and the re-sync ----
 

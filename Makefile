@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-tools clean
+.PHONY: demo demo-swav test install system-tools clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 
 demo: $(STAMP)
 	$(PY) albert/run_demo.py $(DEMO_ARGS)
+
+demo-swav: $(STAMP)
+	$(PY) swav/run_demo.py $(DEMO_ARGS)
 
 test: $(STAMP) system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,14 +13,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import random
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlparse
 
 import datasets
 import pyarrow.compute
@@ -30,6 +27,7 @@ from tokenizers.models import Unigram
 from transformers import AlbertTokenizer, AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from collab.errors import UserError
+from collab.hub import hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -170,27 +168,6 @@ def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> AlbertToke
                     vocab_size, len(pieces))
     # AlbertTokenizer adds the [CLS] $A [SEP] $B:1 [SEP]:1 post-processor and saves/loads as an ALBERT tokenizer.
     return AlbertTokenizer(vocab=pieces)
-
-
-def hub_offline_mode() -> bool:
-    """True when the user asked the Hugging Face libraries to stay offline."""
-    return any(os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Quick TCP probe of the Hugging Face endpoint; hub clients retry for ~50 s before failing offline."""
-    if hub_offline_mode():
-        return False
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # only the proxy knows; let the real request decide
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def load_or_train_tokenizer(name: str | None, texts: Iterable[str],

@@ -9,10 +9,7 @@ the same update, and serves that state to joining peers, which is what a swarm o
 """
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -30,17 +27,8 @@ from albert.model import (
 )
 from collab.arguments import parse_arguments, to_dict
 from collab.cli import run_main, setup_logging
-from collab.metrics import make_validators
-from collab.follower import StateFollower
-from collab.monitor import Checkpointer, Monitor, WandbLogger
-from collab.peer import announce_initial_peers, create_dht
-from collab.store import MetricsStore
-
-logger = logging.getLogger(__name__)
-
-# A fixed port and identity keep the --initial_peers line valid across restarts. The key file is created on the
-# first run (collab.peer.ensure_identity) and never committed (.gitignore: *.id): every run has its own peer ID.
-COORDINATOR_DEFAULTS = dict(host_maddrs=["/ip4/0.0.0.0/tcp/31337"], identity_path="coordinator.id")
+from collab.monitor import COORDINATOR_DEFAULTS, run_coordinator
+from collab.training import set_seed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,49 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     albert, peer, collab, averager, tracker, training, monitor_args = parse_arguments(
         ARGUMENT_GROUPS + COORDINATOR_GROUPS, argv, description=__doc__, defaults=COORDINATOR_DEFAULTS
     )
-    output_dir = Path(monitor_args.monitor_output_dir)
     tokenizer = load_tokenizer(albert.dataset_path)
     config = model_config(albert.model_preset, len(tokenizer), tokenizer.pad_token_id)
+    set_seed(training.seed)  # the trainers' initial weights: the follower takes part from step 0
     model = build_model(config)
-    shared_settings = swarm_config(config, collab.target_batch_size, training)
-    all_arguments = to_dict(albert, peer, collab, averager, tracker, training, monitor_args)
-
-    validators, _ = make_validators(peer.run_id)
-    dht = create_dht(peer, record_validators=validators)
-    store = wandb_logger = follower = checkpointer = None
-    try:
-        store = MetricsStore(output_dir / "metrics.sqlite")
-        wandb_logger = WandbLogger(monitor_args.wandb_project or peer.run_id, all_arguments, monitor_args.wandb_mode,
-                                   output_dir)
-        if monitor_args.follow_state:
-            follower = StateFollower(
-                dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, model=model,
-                params=parameter_groups(model, training.weight_decay),
-                optimizer_factory=make_optimizer_factory(training), scheduler_factory=make_scheduler_factory(training),
-            )
-            checkpointer = Checkpointer(follower, output_dir / "checkpoints", monitor_args.keep_checkpoints,
-                                        all_arguments)
-            if checkpointer.resume() is None:
-                follower.opt.load_state_from_peers()  # a restarted coordinator of a live swarm takes its state
-        else:
-            logger.warning("--follow_state false: this coordinator records metrics only (no state, no checkpoints)")
-        # announced last: once the line is printed (and the file written), this peer is ready for others
-        announce_initial_peers(dht, save_to=output_dir / "initial_peers.txt")
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-        logger.info(f"Monitoring run {peer.run_id!r}: metrics in {output_dir / 'metrics.sqlite'}"
-                    + (f"; following the swarm's state from global step {follower.step}" if follower else ""))
-        Monitor(dht, peer.run_id, monitor_args, shared_settings, store, wandb_logger, follower, checkpointer).run(stop)
-        logger.info("Coordinator stopped")
-    finally:
-        if follower is not None:
-            follower.shutdown()
-        if wandb_logger is not None:
-            wandb_logger.finish()
-        if store is not None:
-            store.close()
-        dht.shutdown()
+    run_coordinator(
+        model=model, params=parameter_groups(model, training.weight_decay),
+        optimizer_factory=make_optimizer_factory(training), scheduler_factory=make_scheduler_factory(training),
+        averaged_buffers=(), swarm_settings=swarm_config(config, collab.target_batch_size, training),
+        all_arguments=to_dict(albert, peer, collab, averager, tracker, training, monitor_args),
+        peer=peer, collab=collab, averager=averager, tracker=tracker, monitor_args=monitor_args,
+    )
 
 
 if __name__ == "__main__":

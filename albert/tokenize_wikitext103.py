@@ -30,10 +30,11 @@ import uuid
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from albert.data import (TOKENIZER_SUBDIR, build_pretraining_dataset, hub_offline_mode, hub_reachable,
+from albert.data import (TOKENIZER_SUBDIR, build_pretraining_dataset,
                          load_or_train_tokenizer, read_wikitext_articles)
 from albert.demo_corpus import generate_corpus
 from collab.cli import run_main, setup_logging
+from collab.hub import hub_offline_mode, hub_reachable
 
 logger = logging.getLogger(__name__)
 HUB_DATASET = ("wikitext", "wikitext-103-raw-v1")

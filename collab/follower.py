@@ -18,7 +18,7 @@ trainer's state if it can (not from a lone client-mode trainer: see the README's
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import hivemind
 import torch
@@ -35,7 +35,7 @@ class StateFollower:
     def __init__(self, *, dht: hivemind.DHT, peer: PeerArguments, collab: CollaborationArguments,
                  averager: AveragerArguments, tracker: ProgressTrackerArguments, model: torch.nn.Module,
                  params, optimizer_factory: OptimizerFactory, scheduler_factory: Optional[SchedulerFactory],
-                 role: str = "coordinator"):
+                 role: str = "coordinator", averaged_buffers: Sequence[torch.Tensor] = ()):
         if dht.client_mode:
             raise ValueError("a follower serves the state: it cannot run in client mode")
         self.model = model
@@ -44,7 +44,7 @@ class StateFollower:
         self.opt: SwarmOptimizer = create_optimizer(
             dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, params=params,
             optimizer_factory=optimizer_factory, scheduler_factory=scheduler_factory, batch_size_per_step=0,
-            role=role,
+            role=role, averaged_buffers=averaged_buffers,
         )
 
     @torch.no_grad()

@@ -79,10 +79,12 @@ class TensorProbe:
 
 
 class ParameterProbe(TensorProbe):
-    """A probe of a model's parameters (sorted by name, so that the positions match on every peer)."""
+    """A probe of a model's parameters and floating-point buffers (BatchNorm statistics, which the peers average
+    too), sorted by name so that the positions match on every peer."""
 
     def __init__(self, model: torch.nn.Module, size: int = PROBE_SIZE, seed: int = 0):
-        named = sorted(model.named_parameters(), key=lambda item: item[0])
+        floating_buffers = [(name, buffer) for name, buffer in model.named_buffers() if buffer.is_floating_point()]
+        named = sorted([*model.named_parameters(), *floating_buffers], key=lambda item: item[0])
         super().__init__([param for _, param in named], size, seed)
         self.parameters = self.tensors
 

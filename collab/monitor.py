@@ -13,18 +13,22 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import hivemind
+import torch
 
+from collab.arguments import AveragerArguments, CollaborationArguments, PeerArguments, ProgressTrackerArguments
 from collab.checkpoints import latest_valid_checkpoint, load_model_weights, load_optimizer_state, save_checkpoint
-from collab.metrics import GlobalMetrics, LocalMetrics, aggregate, fetch_metrics
+from collab.metrics import GlobalMetrics, LocalMetrics, aggregate, fetch_metrics, make_validators
 from collab.follower import StateFollower
-from collab.peer import declare_swarm_config
+from collab.optimizer import OptimizerFactory, SchedulerFactory
+from collab.peer import announce_initial_peers, create_dht, declare_swarm_config
 from collab.store import MetricsStore
 
 logger = logging.getLogger(__name__)
@@ -258,3 +262,64 @@ class Monitor:
                 self.poll()
             stop.wait(self.FOLLOW_PERIOD if self.follower is not None else max(0.0, next_poll - time.monotonic()))
         self._record(self.aggregator.flush())
+
+
+# A fixed port and identity keep the --initial_peers line valid across restarts. The key file is created on the
+# first run (collab.peer.ensure_identity) and never committed (.gitignore: *.id): every run has its own peer ID.
+COORDINATOR_DEFAULTS = dict(host_maddrs=["/ip4/0.0.0.0/tcp/31337"], identity_path="coordinator.id")
+
+
+def run_coordinator(
+    *,
+    model: torch.nn.Module,
+    params: list,
+    optimizer_factory: OptimizerFactory,
+    scheduler_factory: Optional[SchedulerFactory],
+    averaged_buffers: Sequence[torch.Tensor],
+    swarm_settings: dict,
+    all_arguments: dict,
+    peer: PeerArguments,
+    collab: CollaborationArguments,
+    averager: AveragerArguments,
+    tracker: ProgressTrackerArguments,
+    monitor_args: MonitorArguments,
+) -> None:
+    """The coordinator of every track (run_first_peer.py): join or start the DHT, follow the swarm's state on
+    `model` and checkpoint it, record the metrics, announce the --initial_peers line, run until SIGINT/SIGTERM."""
+    output_dir = Path(monitor_args.monitor_output_dir)
+    validators, _ = make_validators(peer.run_id)
+    dht = create_dht(peer, record_validators=validators)
+    store = wandb_logger = follower = checkpointer = None
+    try:
+        store = MetricsStore(output_dir / "metrics.sqlite")
+        wandb_logger = WandbLogger(monitor_args.wandb_project or peer.run_id, all_arguments, monitor_args.wandb_mode,
+                                   output_dir)
+        if monitor_args.follow_state:
+            follower = StateFollower(
+                dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, model=model, params=params,
+                optimizer_factory=optimizer_factory, scheduler_factory=scheduler_factory,
+                averaged_buffers=averaged_buffers,
+            )
+            checkpointer = Checkpointer(follower, output_dir / "checkpoints", monitor_args.keep_checkpoints,
+                                        all_arguments)
+            if checkpointer.resume() is None:
+                follower.opt.load_state_from_peers()  # a restarted coordinator of a live swarm takes its state
+        else:
+            logger.warning("--follow_state false: this coordinator records metrics only (no state, no checkpoints)")
+        # announced last: once the line is printed (and the file written), this peer is ready for others
+        announce_initial_peers(dht, save_to=output_dir / "initial_peers.txt")
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        logger.info(f"Monitoring run {peer.run_id!r}: metrics in {output_dir / 'metrics.sqlite'}"
+                    + (f"; following the swarm's state from global step {follower.step}" if follower else ""))
+        Monitor(dht, peer.run_id, monitor_args, swarm_settings, store, wandb_logger, follower, checkpointer).run(stop)
+        logger.info("Coordinator stopped")
+    finally:
+        if follower is not None:
+            follower.shutdown()
+        if wandb_logger is not None:
+            wandb_logger.finish()
+        if store is not None:
+            store.close()
+        dht.shutdown()

@@ -12,6 +12,7 @@ not run this code) skips the update instead of poisoning every peer's parameters
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -77,15 +78,55 @@ def make_compression(name: str) -> CompressionBase:
 
 class RoleGradientAverager(GradientAverager):
     """A GradientAverager that tells its groupmates its role (trainer, aux or coordinator) through hivemind's
-    all-gather, so that a round's group can be counted in trainers, not just peers."""
+    all-gather, so that a round's group can be counted in trainers, not just peers.
 
-    def __init__(self, *args, role: str = "trainer", **kwargs):
-        self.role = role
-        super().__init__(*args, **kwargs)
+    Given `buffers` (a model's BatchNorm running statistics), it also averages them in the same all-reduce as the
+    gradients, weighted like them by the samples each peer computed: after every global step every peer of the
+    round holds the same statistics, as the parameters. hivemind itself averages such tensors only in its state
+    rounds (`extra_tensors`, every --average_state_every steps), so between those rounds each peer's statistics
+    would drift with its own data. They ride behind the gradients in the averaged tensors: `gradient_tensors()` is
+    the gradients' part, and every peer of one run must pass the same buffers (the averagers' schema hash keeps
+    peers with other tensors out of the group).
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], *, role: str = "trainer",
+                 buffers: Sequence[torch.Tensor] = (), **kwargs):
+        self.role, self.buffers = role, tuple(buffers)
+        self.parameters = tuple(parameters)  # hivemind's own attribute, set early for _grads_from_parameters
+        if self.buffers:
+            with torch.no_grad():
+                kwargs["averaged_grads"] = tuple(
+                    tensor.detach().cpu().clone().share_memory_()
+                    for tensor in (*self._grads_from_parameters(), *self.buffers))
+        super().__init__(self.parameters, **kwargs)
 
     def schedule_step(self, *args, **kwargs) -> StepControl:
         kwargs.setdefault("gather", dict(role=self.role))
         return super().schedule_step(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def gradient_tensors(self):
+        """The averaged gradients alone (one per parameter, as hivemind's Optimizer expects), under the lock."""
+        with self.get_tensors() as averaged:
+            yield averaged[:len(self.parameters)]
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self) -> None:
+        super().load_accumulators_into_averager_()
+        with self.get_tensors() as averaged:
+            for buffer, slot in zip(self.buffers, averaged[len(self.parameters):]):
+                slot.copy_(buffer)
+
+    @torch.no_grad()
+    def load_averaged_buffers_(self) -> None:
+        """Copy the round's average of the buffers into the model. After a round that did not average, hivemind has
+        loaded the local values back into the averager (load_accumulators_into_averager_), so this changes nothing;
+        a non-finite average (a group of weight-zero peers only) is never loaded."""
+        with self.get_tensors() as averaged:
+            slots = averaged[len(self.parameters):]
+            if self.buffers and all_finite(slots):
+                for buffer, slot in zip(self.buffers, slots):
+                    buffer.copy_(slot)
 
 
 @dataclass
@@ -210,8 +251,9 @@ class SwarmOptimizer(hivemind.Optimizer):
     """
 
     def __init__(self, *args, load_state_attempts: int = 5, load_state_backoff: float = 2.0, role: str = "trainer",
-                 **kwargs):
+                 averaged_buffers: Sequence[torch.Tensor] = (), **kwargs):
         self.load_state_attempts, self.load_state_backoff, self.role = load_state_attempts, load_state_backoff, role
+        self.averaged_buffers = tuple(averaged_buffers)  # averaged with the gradients (RoleGradientAverager)
         self.nonfinite_gradient_steps = self.state_downloads = 0
         self.discarded_accumulations = 0  # times this peer's accumulated gradients were thrown away
         self._warn_nonfinite = RateLimitedLog(logger)
@@ -225,7 +267,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._ignore_verdicts_through = -1  # verdicts on steps before the last re-sync are moot
         super().__init__(*args, **kwargs)
         parameters = [param for group in self.state_averager.optimizer.param_groups for param in group["params"]]
-        self.sync_probe = TensorProbe(parameters, size=SYNC_PROBE_SIZE, seed=1)
+        self.sync_probe = TensorProbe(parameters + list(self.averaged_buffers), size=SYNC_PROBE_SIZE, seed=1)
+        self.gradient_probe = TensorProbe(parameters, size=SYNC_PROBE_SIZE, seed=1)
         self.sync_check = None
         if not self.auxiliary and self.use_gradient_averaging:
             self.sync_check = SyncCheck(self.dht, self.run_id, settle=max(2.0, self.matchmaking_time))
@@ -282,8 +325,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         averager's lock (hivemind's averaged buffers keep it until the next round; with --delay_grad_averaging the
         round may still be running, so the check is approximate there). A non-finite average was not applied
         (skip_nonfinite_updates): its probe reads as zeros."""
-        with self.grad_averager.get_tensors() as averaged:
-            values, finite = self.sync_probe.values(list(averaged)), all_finite(list(averaged))
+        with self.grad_averager.gradient_tensors() as averaged:
+            values, finite = self.gradient_probe.values(list(averaged)), all_finite(list(averaged))
         return (values if finite else [0.0] * len(values)), finite
 
     # ---- the value check and the re-sync ----
@@ -366,6 +409,40 @@ class SwarmOptimizer(hivemind.Optimizer):
         return FollowerProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
                                        client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
                                        **kwargs)
+
+    def _make_gradient_averager(self, factory, **kwargs) -> GradientAverager:
+        if not self.averaged_buffers:
+            return super()._make_gradient_averager(factory, **kwargs)
+        # hivemind binds the offloaded optimizer's .grad to the averaged tensors one to one, and asserts there are
+        # as many as parameters; with the buffers behind the gradients, bind the gradients' part here instead
+        offload, self.offload_optimizer = self.offload_optimizer, False
+        try:
+            grad_averager = super()._make_gradient_averager(factory, **kwargs)
+        finally:
+            self.offload_optimizer = offload
+        if offload:
+            optimized = [param for group in self.state_averager.optimizer.param_groups for param in group["params"]]
+            with grad_averager.gradient_tensors() as averaged_gradients:
+                for optimized_param, averaged_gradient in zip(optimized, averaged_gradients, strict=True):
+                    optimized_param.grad = averaged_gradient
+        return grad_averager
+
+    def _load_averaged_gradients_into_optimizer_(self) -> None:
+        """hivemind's, on the gradients' part of the averaged tensors; then the averaged buffers go into the model
+        (after a round that averaged and after one that fell back to local gradients alike: see
+        RoleGradientAverager.load_averaged_buffers_)."""
+        if not self.averaged_buffers:
+            return super()._load_averaged_gradients_into_optimizer_()
+        if not self.offload_optimizer:
+            optimized = [param for group in self.state_averager.optimizer.param_groups for param in group["params"]]
+            with torch.no_grad(), self.grad_averager.gradient_tensors() as averaged_gradients:
+                for optimized_param, averaged_gradient in zip(optimized, averaged_gradients, strict=True):
+                    if optimized_param.grad is None:
+                        optimized_param.grad = averaged_gradient.clone()
+                    else:
+                        optimized_param.grad.copy_(averaged_gradient, non_blocking=True)
+        self.grad_averager.load_averaged_buffers_()
+        self.grad_averager.notify_used_averaged_gradients()
 
     def _make_state_averager(self, **kwargs) -> ReportingStateAverager:
         return ReportingStateAverager(
@@ -494,8 +571,13 @@ def create_optimizer(
     batch_size_per_step: Optional[int],
     auxiliary: bool = False,
     role: Optional[str] = None,
+    averaged_buffers: Sequence[torch.Tensor] = (),
 ) -> SwarmOptimizer:
-    """A hivemind.Optimizer that accumulates until the swarm reaches the target batch, then averages and steps."""
+    """A hivemind.Optimizer that accumulates until the swarm reaches the target batch, then averages and steps.
+
+    `averaged_buffers` (a model's BatchNorm running statistics) are averaged with the gradients at every global
+    step and travel with the state that joining peers download; every peer of a run must pass the same ones.
+    """
     compression = make_compression(collab.compression)
     role = role or ("aux" if auxiliary else "trainer")
     shared_averager_kwargs = averager_kwargs(collab, averager)
@@ -523,7 +605,10 @@ def create_optimizer(
         grad_compression=compression,
         state_averaging_compression=compression,
         role=role,
-        grad_averager_factory=partial(RoleGradientAverager, role=role, **shared_averager_kwargs),
+        grad_averager_factory=partial(RoleGradientAverager, role=role, buffers=averaged_buffers,
+                                      **shared_averager_kwargs),
+        averaged_buffers=averaged_buffers,
+        extra_tensors=tuple(averaged_buffers),
         averager_opts=shared_averager_kwargs,
         tracker_opts=dataclasses.asdict(tracker),
         verbose=collab.verbose_optimizer,

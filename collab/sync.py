@@ -124,11 +124,14 @@ def _tie_break(record: SyncRecord) -> int:
 
 
 def choose_reference(records: Sequence[SyncRecord]) -> tuple[SyncRecord, int]:
-    """The record most others agree with, then one whose round averaged, then one that serves its state, then a
-    tie-break every peer computes alike (two peers that disagree: the one whose round failed re-syncs)."""
+    """The record most others agree with, then one whose round averaged, then one that applied a gradient (not
+    the zeros of a failed round, or of the coordinator stepping without any trainer's average), then one that
+    serves its state, then a tie-break every peer computes alike (two peers that disagree: the one whose round
+    failed re-syncs)."""
     move = step_size(records)
     support = {record.peer: sum(agrees(other, record, move) for other in records) for record in records}
-    reference = max(records, key=lambda record: (support[record.peer], record.outcome == "averaged", record.serving,
+    reference = max(records, key=lambda record: (support[record.peer], record.outcome == "averaged",
+                                                 any(value != 0.0 for value in record.gradient), record.serving,
                                                  _tie_break(record)))
     return reference, support[reference.peer]
 

@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import hivemind
 import numpy as np
@@ -44,7 +44,13 @@ from collab.final_state import FinalStateAgreement
 from collab.journal import JOURNAL_FILE, Journal, ParameterProbe, optimizer_digest
 from collab.metrics import LocalMetrics, make_validators, publish_metrics
 from collab.optimizer import OptimizerFactory, RoundReport, SchedulerFactory, SwarmOptimizer, create_optimizer
-from collab.peer import InitialPeerReconnector, check_swarm_config, create_dht, declare_swarm_config
+from collab.peer import (
+    InitialPeerReconnector,
+    check_swarm_config,
+    create_dht,
+    declare_swarm_config,
+    require_initial_peers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,11 @@ class TrainingTask:
     swarm_config: dict  # settings every peer of the run must share (model shape, batch, optimizer)
     compute_loss: LossFunction = model_loss
     params: Optional[list] = None  # parameter groups for the optimizer (default: all model parameters)
+    # buffers averaged with the gradients at every global step (BatchNorm statistics), read from the model once it
+    # is on its device (moving a model replaces its buffer tensors); every peer of a run must average the same ones
+    averaged_buffers: Optional[Callable[[torch.nn.Module], list[torch.Tensor]]] = None
+    # called before every local step with the global step it contributes to (e.g. a loss that changes at a step)
+    on_local_step: Optional[Callable[[int], None]] = None
 
 
 def set_seed(seed: int) -> None:
@@ -84,6 +95,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+def to_device(value, device: torch.device):
+    """A batch entry on the training device: a tensor, or a list of tensors (e.g. the crops of multi-crop SwAV)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(item, device) for item in value)
+    return value
 
 
 def peer_seed(seed: int, public_key: bytes) -> int:
@@ -133,11 +153,12 @@ class CollaborativeTrainer:
         save_arguments: Optional[dict] = None,
         journal: Optional[Journal] = None,
         reconnector: Optional[InitialPeerReconnector] = None,
+        on_local_step: Optional[Callable[[int], None]] = None,
     ):
         self.model, self.opt, self.batches, self.args, self.device = model, optimizer, batches, args, device
         self.reporter, self.compute_loss, self.save_arguments = reporter, compute_loss, save_arguments or {}
         self.journal = journal or Journal(None)
-        self.reconnector = reconnector
+        self.reconnector, self.on_local_step = reconnector, on_local_step
         self.probe = ParameterProbe(_unwrap(model))
         self.use_amp = args.fp16 and device.type == "cuda"
         self.grad_scaler = hivemind.GradScaler() if self.use_amp else None
@@ -157,10 +178,12 @@ class CollaborativeTrainer:
         """One optimizer.step() worth of samples (with local gradient accumulation); returns the mean loss."""
         self.model.train()
         self.attempted_steps += 1
+        if self.on_local_step is not None:
+            self.on_local_step(self.opt.local_epoch)
         accumulation = self.args.gradient_accumulation_steps
         losses = []
         for _ in range(accumulation):
-            batch = {key: value.to(self.device) for key, value in next(self.batches).items()}
+            batch = {key: to_device(value, self.device) for key, value in next(self.batches).items()}
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
             with autocast:
                 loss = self.compute_loss(self.model, batch)
@@ -372,6 +395,7 @@ def run_collaborative_training(
             dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker,
             params=task.params or task.model.parameters(), optimizer_factory=task.optimizer_factory,
             scheduler_factory=task.scheduler_factory, batch_size_per_step=args.local_batch_size,
+            averaged_buffers=task.averaged_buffers(task.model) if task.averaged_buffers else (),
         )
         if resume_from is not None:
             optimizer.load_state_dict(load_optimizer_state(resume_from))
@@ -387,10 +411,59 @@ def run_collaborative_training(
                                    seed=peer_seed(args.seed, public_key), num_workers=args.dataloader_num_workers)
         trainer = CollaborativeTrainer(task.model, optimizer, batches, args, device, reporter, task.compute_loss,
                                        save_arguments=all_arguments, journal=journal,
-                                       reconnector=InitialPeerReconnector(dht, peer.initial_peers))
+                                       reconnector=InitialPeerReconnector(dht, peer.initial_peers),
+                                       on_local_step=task.on_local_step)
         trainer.journal_state("joined", seconds=time.monotonic() - started, downloaded=downloaded)
         trainer.train()
         logger.info(f"Reached global step {optimizer.local_epoch}: done")
+    finally:
+        if optimizer is not None:
+            optimizer.shutdown()
+        dht.shutdown()
+
+
+def check_auxiliary_peer_flags(peer: PeerArguments) -> None:
+    """What an auxiliary peer needs, checked before any model or data is loaded."""
+    require_initial_peers(peer, "auxiliary peer")
+    if peer.client_mode:
+        raise UserError("an auxiliary peer must accept incoming connections: drop --client_mode")
+
+
+def run_auxiliary_peer(
+    *,
+    params: list,
+    optimizer_factory: OptimizerFactory,
+    scheduler_factory: Optional[SchedulerFactory],
+    averaged_buffers: Sequence[torch.Tensor],
+    peer: PeerArguments,
+    collab: CollaborationArguments,
+    averager: AveragerArguments,
+    tracker: ProgressTrackerArguments,
+    args: TrainingArguments,
+) -> None:
+    """An auxiliary peer (run_aux.py of every track): takes part in averaging rounds, computes no gradients, until
+    the global step reaches --max_steps. It holds the track's model only for the shapes of what is averaged."""
+    check_auxiliary_peer_flags(peer)
+    validators, _ = make_validators(peer.run_id)
+    dht = create_dht(peer, record_validators=validators)
+    optimizer = None
+    try:
+        optimizer = create_optimizer(
+            dht=dht, peer=peer, collab=collab, averager=averager, tracker=tracker, params=params,
+            optimizer_factory=optimizer_factory, scheduler_factory=scheduler_factory, batch_size_per_step=None,
+            auxiliary=True, averaged_buffers=averaged_buffers,
+        )
+        logger.info(f"Auxiliary peer ready: helping averaging rounds until global step {args.max_steps}")
+        last_epoch = optimizer.local_epoch
+        reconnector = InitialPeerReconnector(dht, peer.initial_peers)
+        while max(optimizer.local_epoch, optimizer.tracker.global_epoch) < args.max_steps:
+            check_stop()
+            reconnector.maybe_reconnect()
+            optimizer.step()  # joins the round when the swarm is ready; otherwise returns at once
+            if optimizer.local_epoch != last_epoch:
+                last_epoch = optimizer.local_epoch
+                logger.info(f"Helped with global step {last_epoch}")
+            time.sleep(tracker.min_refresh_period)
     finally:
         if optimizer is not None:
             optimizer.shutdown()

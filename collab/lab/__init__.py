@@ -1,6 +1,7 @@
 """The harness: tools that start, break and measure swarms on one machine, for tests, demos and benchmarks.
 
 - swarm: starting and stopping local swarms of peer processes (demo, tests, benchmarks)
+- demo: the offline demo of any track (a track's run_demo.py describes its scripts and flags)
 - chaos: the chaos harness (kill and restart peers of a local swarm, then report)
 - netlab: a small internet of network namespaces with NAT routers and bandwidth caps (root only)
 - faults: faults injected on purpose into one trainer process, installed by the launcher `with_faults`

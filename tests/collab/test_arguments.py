@@ -37,7 +37,7 @@ PAPER_ONLY_FLAGS = ("--overwrite_output_dir", "--logging_dir ./logs_trainer", "-
 
 def parse_albert(command_line: str, coordinator: bool = False) -> tuple:
     from albert.arguments import ARGUMENT_GROUPS, COORDINATOR_GROUPS
-    from albert.run_first_peer import COORDINATOR_DEFAULTS
+    from collab.monitor import COORDINATOR_DEFAULTS
 
     if coordinator:
         return parse_arguments(ARGUMENT_GROUPS + COORDINATOR_GROUPS, command_line.split(),

@@ -67,10 +67,20 @@ def test_every_peer_chooses_the_same_reference_and_a_split_swarm_follows_the_lar
 def test_two_disagreeing_peers_prefer_one_that_serves_its_state():
     gradient, parameters, _ = swarm()
     client = record("client", gradient, parameters, serving=False)
-    server = record("server", [0.0] * len(gradient), parameters)
+    server = record("server", [-value for value in gradient], parameters)
     reference, _ = choose_reference([client, server])
     assert reference.peer == "server"  # the one others can download from; the client re-syncs to it
     assert not judge(client, [server]).in_sync and judge(server, [client]).in_sync
+
+
+def test_a_lone_trainer_is_the_reference_over_a_coordinator_that_applied_nothing():
+    """One trainer with samples steps alone; the coordinator (which serves, has no samples) steps with a zero
+    gradient: the trainer's update is the swarm's, and the coordinator is the one to re-sync."""
+    gradient, parameters, _ = swarm()
+    trainer = record("trainer", gradient, parameters, serving=False, outcome="alone")
+    coordinator = record("coordinator", [0.0] * len(gradient), [p + 1.0 for p in parameters], outcome="alone")
+    assert choose_reference([coordinator, trainer])[0].peer == "trainer"
+    assert judge(trainer, [coordinator]).in_sync and not judge(coordinator, [trainer]).in_sync
 
 
 def test_alone_is_in_sync_and_a_swarm_where_every_round_failed_is_in_sync():

@@ -130,3 +130,11 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    """A script given bad input exits with 2 and ends with one `error:` line naming the problem, no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and expected in last_line, last_line
+    assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from collab.lab.swarm import REPO_ROOT
 
@@ -17,3 +18,12 @@ def tiny_imagenet() -> Path:
     if not (TINY_IMAGENET / "train").is_dir():
         pytest.skip(f"tiny-imagenet subset not found at {TINY_IMAGENET}")
     return TINY_IMAGENET
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors go fastest on one thread, and do not fight the machine's other work for cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

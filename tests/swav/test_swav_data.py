@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from collab.errors import UserError
-from collab.lab.swarm import REPO_ROOT
 from swav.arguments import SwavArguments
 from swav.data import (
     BUILTIN_DIGITS,
@@ -28,25 +27,10 @@ from swav.data import (
     make_collator,
 )
 
-TINY_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "images" / "tiny-imagenet-200-subset"
 SMALL_CROPS = dict(size_crops=[32, 16], nmb_crops=[2, 3], min_scale_crops=[0.3, 0.1], max_scale_crops=[1.0, 0.3])
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors go fastest on one thread, and do not fight the machine's other work for cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet() -> Path:
-    if not (TINY_IMAGENET / "train").is_dir():
-        pytest.skip(f"tiny-imagenet subset not found at {TINY_IMAGENET}")
-    return TINY_IMAGENET
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

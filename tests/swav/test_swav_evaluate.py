@@ -19,26 +19,11 @@ from collab.lab.swarm import REPO_ROOT
 from swav.evaluate import knn_top1, linear_probe_top1, load_model_for_evaluation, main
 from swav.model import build_model, model_config
 
-TINY_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "images" / "tiny-imagenet-200-subset"
 SCRIPT = REPO_ROOT / "swav" / "evaluate.py"
 RESULT_LINE = re.compile(
     r"^k-NN top-1 (\d+\.\d)% \| linear top-1 (\d+\.\d)% \| (.+) \| (\d+) train / (\d+) val images$")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors go fastest on one thread, and do not fight the machine's other work for cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet() -> Path:
-    if not (TINY_IMAGENET / "train").is_dir():
-        pytest.skip(f"tiny-imagenet subset not found at {TINY_IMAGENET}")
-    return TINY_IMAGENET
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -318,13 +318,6 @@ def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
-class CropBatch(list):
-    """The crops of one batch, in order; `.to()` moves them all, as the training loop does with every batch value."""
-
-    def to(self, *args: Any, **kwargs: Any) -> "CropBatch":
-        return CropBatch(crop.to(*args, **kwargs) for crop in self)
-
-
 def check_multi_crop_settings(size_crops: Sequence[int], nmb_crops: Sequence[int], min_scale_crops: Sequence[float],
                               max_scale_crops: Sequence[float], color_strength: float) -> None:
     """UserError for settings that would fail later or silently mean something else."""
@@ -371,7 +364,7 @@ def color_and_blur(crop_size: int, color_strength: float) -> torch.nn.Sequential
 
 
 class MultiCropCollator:
-    """SwAV's multi-crop: returns {"crops": CropBatch of tensors [B, 3, size, size]}, nmb_crops[0] crops of
+    """SwAV's multi-crop: returns {"crops": list of tensors [B, 3, size, size]}, nmb_crops[0] crops of
     size_crops[0] first, then nmb_crops[1] of size_crops[1], and so on.
 
     Images of a batch may differ in size (ImageNet), so each is cropped to its own random box first and resized to
@@ -390,9 +383,9 @@ class MultiCropCollator:
                          for size, low, high in zip(size_crops, min_scale_crops, max_scale_crops)]
         self.pipelines = [color_and_blur(size, color_strength) for size in size_crops]
 
-    def __call__(self, samples: list) -> dict[str, CropBatch]:
+    def __call__(self, samples: list) -> dict[str, list[torch.Tensor]]:
         images = [image for image, _ in readable_or_replacement(samples)]
-        crops = CropBatch()
+        crops: list[torch.Tensor] = []
         with torch.no_grad():
             for size, count, cropper, pipeline in zip(self.size_crops, self.nmb_crops, self.croppers, self.pipelines):
                 resized = torch.cat([self._random_resized_crops(images, cropper, size) for _ in range(count)])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from collab.errors import UserError
+from collab.training import to_device
 from swav.arguments import SwavArguments
 from swav.data import (
     BUILTIN_DIGITS,
@@ -63,7 +64,7 @@ def test_collator_returns_every_crop_in_order_with_its_size_from_images_of_diffe
     assert [tuple(crop.shape) for crop in crops] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3
     assert all(crop.dtype == torch.float32 and torch.isfinite(crop).all() for crop in crops)
     assert not torch.equal(crops[0], crops[1])  # two independent views, not one view twice
-    moved = crops.to("cpu")  # what the training loop does with every batch value
+    moved = to_device(crops, torch.device("cpu"))  # what the training loop does with every batch value
     assert [tuple(crop.shape) for crop in moved] == [tuple(crop.shape) for crop in crops]
 
 

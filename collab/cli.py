@@ -1,6 +1,7 @@
 """Entry-point plumbing shared by every script: one logging set-up and one-line errors."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -64,12 +65,25 @@ def _readable_hivemind_records(record: logging.LogRecord) -> bool:
     if record.name == "asyncio" and isinstance(error, InvalidStateError) and "CANCELLED" in str(error):
         # hivemind's averager sets the result of a round whose control was cancelled meanwhile (a race in 1.1.12)
         record.msg, record.args = "An averaging round finished after it had been cancelled (harmless)", ()
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        _as_one_warning_line(record)
     if record.name.startswith("hivemind.") and isinstance(error, _ROUTINE_NETWORK_ERRORS):
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        _as_one_warning_line(record)
+    if record.name == "asyncio" and _is_unretrieved_round_error(record, error):
+        # a round that lost a peer midway: hivemind fails the round's futures and stream tasks and never reads them
+        record.msg, record.args = f"An averaging round lost a peer midway ({type(error).__name__} {error})".replace(" )", ")"), ()
+        _as_one_warning_line(record)
     return True
+
+
+def _is_unretrieved_round_error(record: logging.LogRecord, error: BaseException | None) -> bool:
+    message = record.getMessage()
+    unretrieved = message.startswith(("Task exception was never retrieved", "Future exception was never retrieved"))
+    return unretrieved and isinstance(error, (*_ROUTINE_NETWORK_ERRORS, asyncio.CancelledError))
+
+
+def _as_one_warning_line(record: logging.LogRecord) -> None:
+    record.exc_info, record.exc_text = None, None
+    record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
 
 
 def _hide_checkpoint_progress_bars() -> None:

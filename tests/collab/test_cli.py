@@ -1,6 +1,8 @@
 """What a user sees when a script starts: one-line errors (exit 2) before anything slow; the first run's identity."""
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import signal
@@ -11,6 +13,7 @@ import sys
 import pytest
 from hivemind.p2p import PeerID
 
+from collab import cli
 from collab.arguments import PeerArguments
 from collab.cli import run_main
 from collab.errors import UserError
@@ -70,3 +73,47 @@ def test_every_peer_creates_its_missing_identity_and_libp2p_takes_it(tmp_path):
         assert dht.peer_id == PeerID.from_identity(path.read_bytes())
     finally:
         dht.shutdown()
+
+
+def asyncio_records_of_a_round_that_lost_a_peer() -> list[logging.LogRecord]:
+    """What asyncio itself logs when hivemind fails a round's future and a stream task and never reads either."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("asyncio").addHandler(handler)
+
+    async def stream_task() -> None:
+        raise ConnectionResetError("Connection lost")
+
+    async def round_that_lost_a_peer() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(asyncio.CancelledError())  # as AllReduceRunner.finalize(exception=...) does
+        task = asyncio.create_task(stream_task())
+        await asyncio.sleep(0.01)
+        del future, task
+        gc.collect()
+
+    try:
+        asyncio.run(round_that_lost_a_peer())
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+    return records
+
+
+def test_a_round_that_lost_a_peer_is_one_warning_line_not_a_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "_ROUTINE_NETWORK_ERRORS", cli._routine_network_errors())
+    records = asyncio_records_of_a_round_that_lost_a_peer()
+    assert len(records) == 2 and all(record.exc_info for record in records)  # tracebacks, before the filter
+    formatter = logging.Formatter("%(levelname)s %(message)s")
+    lines = [formatter.format(record) for record in records if cli._readable_hivemind_records(record)]
+    warning = logging.getLevelName(logging.WARNING)  # hivemind renames it "WARN"
+    assert sorted(lines) == [f"{warning} An averaging round lost a peer midway (CancelledError)",
+                             f"{warning} An averaging round lost a peer midway (ConnectionResetError Connection lost)"]
+
+
+def test_other_unretrieved_errors_keep_their_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "_ROUTINE_NETWORK_ERRORS", cli._routine_network_errors())
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved", (),
+                               (ValueError, ValueError("a bug"), None))
+    assert cli._readable_hivemind_records(record)
+    assert record.exc_info is not None and record.levelno == logging.ERROR

@@ -36,6 +36,12 @@ SOURCES = {
     "hivemind.optim.progress_tracker:ProgressTracker._progress_reporter": "affc9ed95108eacf",
     "hivemind.dht.protocol:DHTProtocol.call_ping": "7282d8ddc614b2c4",
     "hivemind.dht.protocol:DHTProtocol.update_routing_table": "2deae2e944d3ca8f",
+    # the all-reduce's "own values plus a compressed delta" and per-tensor compression: RoleGradientAverager's grid
+    "hivemind.averaging.allreduce:AllReduceRunner._accumulate_parts_streaming": "6c5a3c7266060303",
+    "hivemind.averaging.allreduce:AllReduceRunner.run": "d145a0e368a57df1",
+    "hivemind.averaging.partition:TensorPartContainer.__init__": "b652a9b7267354d8",
+    "hivemind.compression.floating:Float16Compression.compress": "030d1b00af00dc4c",
+    "hivemind.compression.adaptive:SizeAdaptiveCompression.choose_compression": "54f4e41c96ae91de",
 }
 
 

@@ -22,7 +22,7 @@ from collab.arguments import (
     TrainingArguments,
 )
 from collab.checkpoints import load_model_weights, load_optimizer_state, save_checkpoint
-from collab.optimizer import create_optimizer, make_compression, skip_nonfinite_updates
+from collab.optimizer import RoleGradientAverager, create_optimizer, make_compression, skip_nonfinite_updates
 from collab.training import find_resume_checkpoint
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -300,3 +300,79 @@ def test_a_lone_peer_schedules_no_rounds_and_steps_with_its_own_gradients(dht):
             opt.scheduled_grads = None
     finally:
         opt.shutdown()
+
+
+def local_gradients(seed: int) -> torch.Tensor:
+    """A gradient like a real model's: most values of order 1e-3, a tenth below fp16's smallest step (6e-8), as
+    the gradient of attention's key bias, which softmax cancels."""
+    generator = torch.Generator().manual_seed(seed)
+    gradient = torch.randn(20_000, generator=generator) * 1e-3
+    gradient[::10] = torch.randn(2_000, generator=generator) * 2e-8
+    return gradient
+
+
+def average_gradients_in_fp16(averager_class) -> list[torch.Tensor]:
+    """Two peers of one real all-reduce round at fp16 average their own gradients; each returns what it applies."""
+    first = hivemind.DHT(start=True, host_maddrs=LOOPBACK)
+    second = hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=first.get_visible_maddrs())
+    parameters = [torch.nn.Parameter(torch.zeros(20_000)) for _ in range(2)]
+    averagers = []
+    for seed, (node, parameter) in enumerate(zip((first, second), parameters)):
+        parameter.grad = local_gradients(seed)
+        averagers.append(averager_class(
+            [parameter], dht=node, prefix=f"fp16_grid_{averager_class.__name__}", start=True,
+            compression=make_compression("fp16"), target_group_size=2, min_matchmaking_time=2.0,
+            request_timeout=1.0))
+        averagers[-1].accumulate_grads_(batch_size=8)
+    try:
+        controls = [averager.step(wait=False, timeout=30) for averager in averagers]
+        assert all(control.result(60) is not None for control in controls), "the round failed"
+        applied = []
+        for averager in averagers:
+            if isinstance(averager, RoleGradientAverager):
+                averager.round_to_wire_grid_()  # what SwarmOptimizer does before the optimizer reads the gradient
+            with averager.get_tensors() as (averaged,):
+                applied.append(averaged.clone())
+        return applied
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        second.shutdown()
+        first.shutdown()
+
+
+def fp16(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.half().float()
+
+
+def test_peers_of_an_fp16_round_apply_the_same_gradient_up_to_one_fp16_unit():
+    """hivemind hands each sender its own fp32 values plus the fp16 difference to the average its reducer
+    computed, so the peers of a plain GradientAverager's round apply different gradients: each keeps whatever its
+    own values lost on the wire, all of any value below fp16's smallest step. RoleGradientAverager puts the values
+    on fp16's grid before and after the round (collab.optimizer.RoleGradientAverager): the peers' gradients then
+    agree in most coordinates and differ only by the rounding of the delta in the others (benchmarks/fp16_drift.py
+    measures what each does to LAMB's parameters over many steps)."""
+    local = [local_gradients(0), local_gradients(1)]
+    plain = average_gradients_in_fp16(hivemind.optim.grad_averager.GradientAverager)
+    # the tensor is one part (under hivemind's part size): one peer reduces it, the other sends and adds the delta
+    matches = []
+    for reducer, sender in ((0, 1), (1, 0)):
+        average = (local[reducer] + fp16(local[sender])) / 2
+        matches.append(torch.allclose(plain[reducer], average, rtol=0, atol=1e-9)
+                       and torch.allclose(plain[sender], local[sender] + fp16(average - fp16(local[sender])),
+                                          rtol=0, atol=1e-9))
+    assert any(matches), "hivemind's all-reduce no longer hands out own values plus an fp16 delta"
+    tiny = slice(0, None, 10)
+    assert (plain[0][tiny] != plain[1][tiny]).all()  # below 6e-8 each peer kept its own value
+    assert (plain[0] != plain[1]).float().mean() > 0.9
+
+    on_grid = average_gradients_in_fp16(RoleGradientAverager)
+    for applied in on_grid:
+        assert torch.equal(applied, fp16(applied))  # what the optimizer reads is on fp16's grid on every peer
+    # where they differ, by the fp16 rounding of the delta: one fp16 unit of the larger of the value and the delta
+    expected = (local[0] + local[1]) / 2
+    delta = torch.maximum((expected - local[0]).abs(), (expected - local[1]).abs())
+    one_unit = torch.finfo(torch.float16).eps * torch.maximum(on_grid[0].abs(), delta).clamp(min=2.0**-14)
+    assert ((on_grid[0] - on_grid[1]).abs() <= one_unit).all()
+    assert (on_grid[0] != on_grid[1]).float().mean() < 0.4
+    assert ((on_grid[0] - expected).abs() <= 2 * one_unit).all()  # and it is still the average, to fp16's rounding

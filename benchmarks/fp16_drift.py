@@ -19,7 +19,7 @@ Variants:
   RoleGradientAverager does).
 
     python benchmarks/fp16_drift.py                        # writes benchmarks/results/fp16_drift.{json,md,png}
-    python benchmarks/fp16_drift.py --steps 20 --seeds 0 --name fp16_drift-quick
+    python benchmarks/fp16_drift.py --steps 20 --seeds 0 --results_dir /tmp/drift     # a quick look
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -47,7 +48,7 @@ from collab.optimizer import round_to_fp16_grid_  # noqa: E402
 VARIANTS = ("none", "fp16", "fp16-grid")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -58,8 +59,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=0.02, help="LAMB's peak rate (albert/configs/demo.json).")
     parser.add_argument("--warmup_steps", type=int, default=3)
     parser.add_argument("--total_steps", type=int, default=200, help="Steps of the linear decay schedule.")
-    parser.add_argument("--name", default="fp16_drift", help="Results go to benchmarks/results/<name>.*")
-    return parser.parse_args()
+    parser.add_argument("--dataset_path", default=None,
+                        help="A dataset from albert/tokenize_wikitext103.py; default: built from the built-in corpus.")
+    parser.add_argument("--output_dir", default=None, help="Where the built dataset goes; default: a temporary folder.")
+    parser.add_argument("--results_dir", default=str(REPO_ROOT / "benchmarks/results"))
+    parser.add_argument("--name", default="fp16_drift", help="Results go to <results_dir>/<name>.*")
+    return parser.parse_args(argv)
 
 
 def fp16_wire(tensor: torch.Tensor) -> torch.Tensor:
@@ -174,11 +179,14 @@ def plot(report: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as folder:
-        dataset, tokenizer = load_pretraining_dataset(build_dataset(Path(folder)))
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.output_dir) as folder:
+        dataset_path = args.dataset_path or build_dataset(Path(folder))
+        dataset, tokenizer = load_pretraining_dataset(dataset_path)
         runs = []
         for variant in args.variants:
             for seed in args.seeds:
@@ -197,7 +205,7 @@ def main() -> None:
                            f"{max(row['gap_in_moves'] for row in rows):.3f}", worst["worst_tensor"]])
     table = markdown_table(["variant", "seed", "final gap", "largest gap", "largest gap / move", "tensor"],
                            table_rows)
-    paths = write_results(REPO_ROOT / "benchmarks/results", args.name, report, table, plot)
+    paths = write_results(Path(args.results_dir), args.name, report, table, plot)
     print(table)
     print("wrote", *paths)
 

@@ -60,6 +60,7 @@ def fault_kind(name: str, keyed_by: str, help: str) -> Callable:
 class FaultPlan:
     windows: dict[str, list[range]] = field(default_factory=dict)  # kind -> the steps it is active on
     spec: str = ""
+    fired: set[tuple[str, int]] = field(default_factory=set)  # (kind, window start) of once-per-window faults
 
     @classmethod
     def parse(cls, spec: str) -> "FaultPlan":
@@ -80,6 +81,15 @@ class FaultPlan:
     def active(self, kind: str, step: int) -> bool:
         """Whether `kind` is on at `step` (counted by the kind's own step counter)."""
         return any(step in window for window in self.windows.get(kind, ()))
+
+    def first_in_window(self, kind: str, step: int) -> bool:
+        """Whether `kind` fires at `step`: the first step inside a window at which this peer gets the chance (a
+        peer that reaches a step by downloading the state skips it, so an exact step could be missed)."""
+        for window in self.windows.get(kind, ()):
+            if step in window and (kind, window.start) not in self.fired:
+                self.fired.add((kind, window.start))
+                return True
+        return False
 
     def corrupt_loss(self, loss: torch.Tensor, local_step: int) -> torch.Tensor:
         return loss * float("nan") if self.active("nonfinite_loss", local_step) else loss
@@ -170,14 +180,15 @@ class _FailedControl:
 
 
 @fault_kind("fail_round", GLOBAL_STEP,
-            "the gradient round fails after the trigger (the others' round completes): hivemind steps with zeros")
+            "the gradient round fails after the trigger (the others' round completes): hivemind steps with zeros; "
+            "once per window, at its first step this peer averages at")
 def _install_fail_round(plan: FaultPlan) -> None:
     from collab.optimizer import SwarmOptimizer
 
     original = SwarmOptimizer._average_gradients_and_load_into_optimizer
 
     def failing(opt, control):
-        if control is None or not plan.active("fail_round", opt.local_epoch):
+        if control is None or not plan.first_in_window("fail_round", opt.local_epoch):
             return original(opt, control)
         try:  # let the real round finish first, so that it does not write into the buffers afterwards
             control.result(opt.averaging_timeout)
@@ -191,14 +202,15 @@ def _install_fail_round(plan: FaultPlan) -> None:
 
 @fault_kind("expire_round", GLOBAL_STEP,
             "the pre-scheduled gradient round of these steps is over before the step (this peer only tags along "
-            "with zero weight, so the others average without it): hivemind then steps with the local gradient")
+            "with zero weight, so the others average without it): hivemind then steps with the local gradient; "
+            "once per window, at its first step this peer averages at")
 def _install_expire_round(plan: FaultPlan) -> None:
     from collab.optimizer import SwarmOptimizer
 
     original = SwarmOptimizer._begin_averaging_gradients
 
     def expiring(opt, grad_scaler):
-        if plan.active("expire_round", opt.local_epoch):
+        if plan.first_in_window("expire_round", opt.local_epoch):
             logger.warning(f"Injected fault: the pre-scheduled round of global step {opt.local_epoch} expired")
             if opt.scheduled_grads is not None and not opt.scheduled_grads.done():
                 opt._tag_along_with_zero_weight(opt.scheduled_grads)  # the others' round goes on without it

@@ -5,12 +5,15 @@ end-of-run agreement (which copies one peer onto the others) is not what makes t
 
 One swarm (coordinator + 3 trainers, real processes) serves every assertion:
 - trainer-2 fails its gradient round at global step FAIL_AT (hivemind steps with a zero gradient) and has its
-  pre-scheduled round expire at EXPIRE_AT (it steps with its local gradient);
+  pre-scheduled round expire at EXPIRE_AT (it steps with its local gradient); each fault fires at the first of
+  WINDOW steps from there at which trainer-2 averages (it may reach a step by downloading the state), and the
+  assertions take the step from its log;
 - trainer-3 is killed with SIGKILL inside a gradient round after KILL_AFTER, then restarted with its first state
   download failing (it must not claim a step it did not download, and joins on the next attempt).
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CONFIG = str(REPO_ROOT / "albert/configs/demo.json")
 MAX_STEPS = 22
-FAIL_AT, EXPIRE_AT, KILL_AFTER = 3, 6, 8
+FAIL_AT, EXPIRE_AT, KILL_AFTER = 3, 6, 9
+WINDOW = 2
 
 
 def trainer_flags(dataset: Path, root: Path, name: str, initial_peers: list[str]) -> list[str]:
@@ -60,7 +64,7 @@ def run(tmp_path_factory, albert_dataset):
                                      trainer_flags(albert_dataset, root, "trainer-1", initial_peers)),
             "trainer-2": swarm.start("trainer-2", "albert/run_trainer.py",
                                      trainer_flags(albert_dataset, root, "trainer-2", initial_peers),
-                                     faults=f"fail_round@{FAIL_AT}+1,expire_round@{EXPIRE_AT}+1"),
+                                     faults=f"fail_round@{FAIL_AT}+{WINDOW},expire_round@{EXPIRE_AT}+{WINDOW}"),
             "trainer-3": swarm.start("trainer-3", "albert/run_trainer.py",
                                      trainer_flags(albert_dataset, root, "trainer-3", initial_peers)),
         }
@@ -81,6 +85,16 @@ def run(tmp_path_factory, albert_dataset):
                 store=read_store(root / "coordinator/metrics.sqlite"))
 
 
+def fault_steps(run) -> tuple[int, int]:
+    """The global steps at which trainer-2's round failed and expired (what it logged when the faults fired)."""
+    log = (run["logs"] / "trainer-2.log").read_text()
+    failed = re.findall(r"Injected fault: the gradient round of global step (\d+) fails", log)
+    expired = re.findall(r"Injected fault: the pre-scheduled round of global step (\d+) expired", log)
+    assert failed and expired, "a fault never fired: trainer-2 reached every step of its window by downloading"
+    assert FAIL_AT <= int(failed[0]) < FAIL_AT + WINDOW and EXPIRE_AT <= int(expired[0]) < EXPIRE_AT + WINDOW
+    return int(failed[0]), int(expired[0])
+
+
 def out_of_sync_verdict(events: list[dict], step: int) -> dict:
     """The value check's verdict that this trainer was apart at `step` (a first verdict, taken before the others'
     records arrived, may have said in sync: the check reads them again until the next step)."""
@@ -97,7 +111,7 @@ def test_every_live_trainer_holds_the_swarm_model_after_every_step(run):
     report = one_model_report(run["journals"])
     print("\n".join(f"step {p['step']} {p['a']}~{p['b']}: {p['distance']:.2e} ({p['bound_units']:.2f} of the bound"
                     f"{', excused' if p['excused'] else ''})" for p in report.pairs))
-    for fault in (FAIL_AT, EXPIRE_AT):
+    for fault in fault_steps(run):
         assert fault + 1 in report.out_of_sync["trainer-2"], f"the fault at step {fault} was never found by value"
     assert report.held, f"trainers apart beyond the fp16 bound during training: {report.violations}"
     # trainer-3 is down between its kill and its restart (tens of seconds on busy cores): the other two trainers
@@ -106,19 +120,21 @@ def test_every_live_trainer_holds_the_swarm_model_after_every_step(run):
 
 
 def test_a_failed_round_is_detected_by_value_and_the_peer_resyncs(run):
+    failed_at, _ = fault_steps(run)
     events = run["journals"]["trainer-2"]
     steps = steps_before_agreement(events)
-    assert steps[FAIL_AT + 1]["outcome"] == "failed"
-    verdict = out_of_sync_verdict(events, FAIL_AT + 1)
+    assert steps[failed_at + 1]["outcome"] == "failed"
+    verdict = out_of_sync_verdict(events, failed_at + 1)
     assert verdict["gradient_gap"] > 0.5, verdict  # it applied zeros where the others applied the average
     resync = next(e for e in events if e["event"] == "resynced" and e["time"] > verdict["time"])
-    assert resync["step"] <= FAIL_AT + 1 + RESYNC_WITHIN
+    assert resync["step"] <= failed_at + 1 + RESYNC_WITHIN
 
 
 def test_an_expired_round_is_named_so_and_the_peer_resyncs(run):
+    _, expired_at = fault_steps(run)
     events = run["journals"]["trainer-2"]
-    assert steps_before_agreement(events)[EXPIRE_AT + 1]["outcome"] == "expired"
-    verdict = out_of_sync_verdict(events, EXPIRE_AT + 1)
+    assert steps_before_agreement(events)[expired_at + 1]["outcome"] == "expired"
+    verdict = out_of_sync_verdict(events, expired_at + 1)
     assert any(e["event"] == "resynced" and e["time"] > verdict["time"] for e in events)
 
 

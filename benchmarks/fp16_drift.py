@@ -43,7 +43,7 @@ from albert.model import (  # noqa: E402
 )
 from benchmarks.common import machine_info, markdown_table, pyplot, write_results  # noqa: E402
 from collab.arguments import TrainingArguments  # noqa: E402
-from collab.optimizer import round_to_fp16_grid_  # noqa: E402
+from collab.optimizer import on_fp16_grid, round_to_fp16_grid_  # noqa: E402
 
 VARIANTS = ("none", "fp16", "fp16-grid")
 
@@ -67,15 +67,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fp16_wire(tensor: torch.Tensor) -> torch.Tensor:
-    """What Float16Compression delivers (range clamped, then rounded)."""
-    finfo = torch.finfo(torch.float16)
-    return tensor.clamp(finfo.min, finfo.max).half().float()
-
-
 def simulated_all_reduce(local: list[torch.Tensor], variant: str) -> list[torch.Tensor]:
     """Each peer's result of one all-reduce of equally weighted flat vectors (see the module docstring)."""
-    wire = (lambda tensor: tensor.clone()) if variant == "none" else fp16_wire
+    wire = (lambda tensor: tensor.clone()) if variant == "none" else on_fp16_grid
     if variant == "fp16-grid":
         local = [value.clone() for value in local]
         for value in local:

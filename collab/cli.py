@@ -70,7 +70,8 @@ def _readable_hivemind_records(record: logging.LogRecord) -> bool:
         _as_one_warning_line(record)
     if record.name == "asyncio" and _is_unretrieved_round_error(record, error):
         # a round that lost a peer midway: hivemind fails the round's futures and stream tasks and never reads them
-        record.msg, record.args = f"An averaging round lost a peer midway ({type(error).__name__} {error})".replace(" )", ")"), ()
+        detail = " ".join(filter(None, (type(error).__name__, str(error))))
+        record.msg, record.args = f"An averaging round lost a peer midway ({detail})", ()
         _as_one_warning_line(record)
     return True
 

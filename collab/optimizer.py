@@ -85,11 +85,15 @@ def travels_as_fp16(compression: CompressionBase, tensor: torch.Tensor) -> bool:
     return type(compression) is Float16Compression  # not ScaledFloat16Compression: its grid depends on each part
 
 
+def on_fp16_grid(tensor: torch.Tensor) -> torch.Tensor:
+    """What Float16Compression delivers for `tensor` (it clamps to fp16's range first), in the tensor's own dtype."""
+    finfo = torch.finfo(torch.float16)
+    return tensor.clamp(finfo.min, finfo.max).to(torch.float16).to(tensor.dtype)
+
+
 @torch.no_grad()
 def round_to_fp16_grid_(tensor: torch.Tensor) -> None:
-    """The value Float16Compression would deliver (it clamps to fp16's range first), in the tensor's own dtype."""
-    finfo = torch.finfo(torch.float16)
-    tensor.copy_(tensor.clamp(finfo.min, finfo.max).to(torch.float16))
+    tensor.copy_(on_fp16_grid(tensor))
 
 
 class RoleGradientAverager(GradientAverager):
@@ -101,9 +105,10 @@ class RoleGradientAverager(GradientAverager):
     fp16 difference to the part's average: every peer keeps the residual its own values lost on the wire (all of
     any value below fp16's 6e-8), plus the rounding of that difference. LAMB divides each coordinate by its own
     second moment, so these residuals move the peers apart step after step: simulated on ALBERT-tiny (3 peers,
-    100 steps), the largest parameter gap grows to 1.3e-2, 15% of a step's largest move. Rounding the local
-    values first removes the first residual; rounding the result makes most coordinates bit-identical on every
-    peer, and the gap stays near 1e-3 (README, "One model": "The fp16 bound").
+    100 steps, benchmarks/fp16_drift.py), the largest parameter gap grows to 1.1e-2, 10-13% of a step's largest
+    move. Rounding the local values first removes the first residual; rounding the result makes most coordinates
+    bit-identical on every peer, and the gap stays at 2e-3, 2-3% of a step (README, "One model": "The fp16
+    bound").
 
     Given `buffers` (a model's BatchNorm running statistics), it also averages them in the same all-reduce as the
     gradients, weighted like them by the samples each peer computed: after every global step every peer of the
@@ -125,6 +130,8 @@ class RoleGradientAverager(GradientAverager):
                     tensor.detach().cpu().clone().share_memory_()
                     for tensor in (*self._grads_from_parameters(), *self.buffers))
         super().__init__(self.parameters, **kwargs)
+        with self.get_tensors() as averaged:  # which of them travel as fp16 is fixed by their sizes: decide once
+            self._on_fp16_wire = [travels_as_fp16(self.wire_compression, tensor) for tensor in averaged]
 
     def schedule_step(self, *args, **kwargs) -> StepControl:
         kwargs.setdefault("gather", dict(role=self.role))
@@ -148,8 +155,8 @@ class RoleGradientAverager(GradientAverager):
     def round_to_wire_grid_(self) -> None:
         """Put every averaged tensor that travels as fp16 on fp16's grid (see the class docstring)."""
         with self.get_tensors() as averaged:
-            for tensor in averaged:
-                if travels_as_fp16(self.wire_compression, tensor):
+            for tensor, on_fp16_wire in zip(averaged, self._on_fp16_wire, strict=True):
+                if on_fp16_wire:
                     round_to_fp16_grid_(tensor)
 
     @torch.no_grad()

@@ -91,7 +91,6 @@ def fault_steps(run) -> tuple[int, int]:
     failed = re.findall(r"Injected fault: the gradient round of global step (\d+) fails", log)
     expired = re.findall(r"Injected fault: the pre-scheduled round of global step (\d+) expired", log)
     assert failed and expired, "a fault never fired: trainer-2 reached every step of its window by downloading"
-    assert FAIL_AT <= int(failed[0]) < FAIL_AT + WINDOW and EXPIRE_AT <= int(expired[0]) < EXPIRE_AT + WINDOW
     return int(failed[0]), int(expired[0])
 
 
